@@ -200,7 +200,8 @@ class PreferenceVector:
             "fan_in_fan_out": False,
             "inference_mode": True,
         }
-        save_file({k: v.contiguous() for k, v in self.tensors.items()}, out / "adapter_model.safetensors")
+        tensors = {k: v.contiguous() for k, v in self.tensors.items()}
+        save_file(tensors, str(out / "adapter_model.safetensors"))
         (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
         return out
 
