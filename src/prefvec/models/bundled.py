@@ -3,7 +3,8 @@
 The package ships a Q4_1 GGUF file. We never import the package (its ``__init__`` pulls unrelated
 dependencies); we locate the file through ``importlib.metadata`` and let transformers dequantise it.
 A GGUF-loaded model cannot be saved as is, so :func:`convert_bundled` rebuilds a plain model from
-the config, loads the state dict and saves safetensors once to ``$PREFVEC_HOME/models/<name>``; later
+the config, loads the state dict and saves safetensors once to
+``$PREFVEC_HOME/models/<name>``; later
 loads read that folder (well under a second instead of ~15 s).
 """
 

@@ -184,7 +184,7 @@ class PreferenceVector:
         out.mkdir(parents=True, exist_ok=True)
         ranks = {m: int(a.shape[0]) for m, (a, _) in facs.items()}
         r = max(ranks.values())
-        targets = sorted({m.rsplit(".", 1)[-1] for m in facs})
+        targets = sorted(facs)  # full module names: PEFT wraps exactly these
         pattern = {m: rk for m, rk in ranks.items() if rk != r}
         config = {
             "peft_type": "LORA",
