@@ -56,7 +56,7 @@ def resolve_merge(
         pinned[key] = pinned.get(key, 0.0) + float(w)
         if key not in vectors:
             vectors[key] = store.get(key)
-    spec = MergeSpec(method=method, weights=pinned, density=density, seed=seed)
+    spec = MergeSpec(method=method, weights=tuple(pinned.items()), density=density, seed=seed)
     return ResolvedMerge(spec=spec, vectors=vectors)
 
 
