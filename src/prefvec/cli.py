@@ -180,7 +180,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _local_options(p: argparse.ArgumentParser, base: bool = False) -> None:
-    p.add_argument("--home", default=None, help="cache root (default $PREFVEC_HOME or ~/.cache/prefvec)")
+    p.add_argument(
+        "--home", default=None, help="cache root (default $PREFVEC_HOME or ~/.cache/prefvec)"
+    )
     p.add_argument("--store", default=None, help="vector store folder (default <home>/store)")
     if base:
         p.add_argument("--base", default=os.environ.get("PREFVEC_BASE_MODEL", DEFAULT_BASE))
@@ -189,7 +191,9 @@ def _local_options(p: argparse.ArgumentParser, base: bool = False) -> None:
 def _merge_options(p: argparse.ArgumentParser) -> None:
     _local_options(p, base=True)
     p.add_argument("--weights", default="", help="vector weights, e.g. helpful=1,harmless=-0.5")
-    p.add_argument("--method", default="linear", help="merge method (linear, ties, dare_linear, ...)")
+    p.add_argument(
+        "--method", default="linear", help="merge method (linear, ties, dare_linear, ...)"
+    )
     p.add_argument("--density", type=float, default=1.0, help="kept fraction for ties/dare")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
@@ -206,7 +210,9 @@ def _add_vectors(sub: argparse._SubParsersAction) -> None:
     _local_options(p)
     p.add_argument("ref")
     p.set_defaults(func=cmd_vectors_show)
-    p = vsub.add_parser("add", help="validate a safetensors vector file and add it as a new version")
+    p = vsub.add_parser(
+        "add", help="validate a safetensors vector file and add it as a new version"
+    )
     _local_options(p, base=True)
     p.add_argument("file")
     p.add_argument("--name", default=None, help="vector name (default: from the file's metadata)")

@@ -7,6 +7,7 @@ ChatML specials), the model a two-layer Llama initialised from a seed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,7 +48,7 @@ def tiny_llama_config(**overrides: object):  # type: ignore[no-untyped-def]
     """Config of a two-layer Llama small enough for unit tests (~60k parameters)."""
     from transformers import LlamaConfig
 
-    kwargs: dict[str, object] = dict(
+    kwargs: dict[str, Any] = dict(
         vocab_size=320,
         hidden_size=32,
         intermediate_size=64,

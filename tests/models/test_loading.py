@@ -21,12 +21,12 @@ def test_local_folder_loads_with_fingerprint(tiny_base_dir: Path) -> None:
 
 
 def test_unknown_specs_give_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(NotFoundError, match="no-such/model"):
+    with pytest.raises(NotFoundError, match=r"no-such/model"):
         resolve_model_dir("no-such/model")
     with pytest.raises(NotFoundError, match="bundled"):
         resolve_model_dir("bundled:nope", home=tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValidationError, match="config.json"):
+    with pytest.raises(ValidationError, match=r"config\.json"):
         resolve_model_dir(str(tmp_path / "empty"))
     with pytest.raises(ValidationError, match="int4"):
         parse_dtype("int4")

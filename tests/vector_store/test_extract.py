@@ -101,7 +101,8 @@ def test_svd_error_is_what_it_reports() -> None:
     low, report = compress_svd(dense, rank=3)
     approx = low.to_dense()
     num = sum(
-        float(((t - approx.get(k, torch.zeros_like(t))) ** 2).sum()) for k, t in dense.tensors.items()
+        float(((t - approx.get(k, torch.zeros_like(t))) ** 2).sum())
+        for k, t in dense.tensors.items()
     )
     den = sum(float((t**2).sum()) for t in dense.tensors.values())
     assert report.relative_error == pytest.approx((num / den) ** 0.5, rel=1e-4)

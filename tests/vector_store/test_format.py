@@ -44,7 +44,9 @@ def test_lowrank_factors_and_dense_view() -> None:
     assert torch.allclose(vec.to_dense()["layer.q_proj.weight"], b @ a)
 
 
-def test_fingerprint_from_headers_equals_state_dict(tiny_base_dir: Path, tiny_pos_dir: Path) -> None:
+def test_fingerprint_from_headers_equals_state_dict(
+    tiny_base_dir: Path, tiny_pos_dir: Path
+) -> None:
     from safetensors.torch import load_file
 
     sd = load_file(str(tiny_base_dir / "model.safetensors"))
@@ -62,7 +64,9 @@ def test_path_like_names_refused(bad: str) -> None:
         check_name(bad)
 
 
-def test_peft_export_loads_in_peft_and_equals_dense_delta(tiny_base_dir: Path, tmp_path: Path) -> None:
+def test_peft_export_loads_in_peft_and_equals_dense_delta(
+    tiny_base_dir: Path, tmp_path: Path
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

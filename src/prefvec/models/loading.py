@@ -107,7 +107,8 @@ def load_base(
 
     model_dir = resolve_model_dir(spec, home)
     torch_dtype, dev = parse_dtype(dtype), resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype).to(dev)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
+    model = model.to(dev)  # type: ignore[arg-type]
     model.eval()
     model.requires_grad_(False)
     return LoadedBase(

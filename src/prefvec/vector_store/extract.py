@@ -79,7 +79,7 @@ def _difference(
     return out
 
 
-def _meta(name: str, fingerprint: str, method: str, **kw: Any) -> VectorMetadata:
+def _meta(name: str, fingerprint: str, method: Any, **kw: Any) -> VectorMetadata:
     return VectorMetadata(
         name=name, kind="dense", base_fingerprint=fingerprint, method=method, **kw
     )  # type: ignore[arg-type]
