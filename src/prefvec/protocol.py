@@ -1,0 +1,549 @@
+"""Wire types shared by the prefvec server and its clients (pure pydantic, no torch).
+
+Generation routes are OpenAI-compatible (the official ``openai`` client works against them); the
+prefvec extension fields ride along in the same JSON bodies (``preferences``, ``recipe``, ``merge``,
+``experiment``) and every generation response carries a ``prefvec`` block (:class:`PrefvecInfo`)
+naming the recipe key, the pinned vector versions and the serving path used.
+
+Routes (request model -> response model):
+
+* ``POST /v1/chat/completions``: :class:`ChatCompletionRequest` -> :class:`ChatCompletionResponse`,
+  or with ``stream: true`` an SSE stream of :class:`ChatCompletionChunk` ended by ``data: [DONE]``.
+* ``POST /v1/completions``: :class:`CompletionRequest` -> :class:`CompletionResponse`,
+  or with ``stream: true`` an SSE stream of :class:`CompletionChunk` ended by ``data: [DONE]``.
+* ``GET /v1/models``: -> :class:`ModelList` (the base, then every recipe as ``recipe:<name>``).
+* ``GET /v1/vectors``: -> :class:`VectorList` (latest version of every vector).
+* ``GET /v1/vectors/{ref}``: -> :class:`VectorInfo` (``ref`` is ``name`` or ``name@version``).
+* ``GET /v1/vectors/{name}/versions``: -> :class:`VectorList` (every version of one vector).
+* ``GET /v1/vectors/{ref}/file``: -> the safetensors bytes (``application/octet-stream``).
+* ``POST /v1/vectors`` (operator): multipart form, field ``file`` (safetensors) and optional field
+  ``metadata`` (JSON object, see :class:`VectorUploadMetadata`) -> :class:`VectorInfo` (201).
+* ``DELETE /v1/vectors/{ref}`` (operator): -> :class:`DeleteResponse`; 409 when a recipe uses it.
+* ``GET /v1/recipes``: -> :class:`RecipeList` (latest version of every recipe).
+* ``GET /v1/recipes/{ref}``: -> :class:`RecipeInfo`.
+* ``POST /v1/recipes`` (operator): :class:`RecipeCreate` -> :class:`RecipeInfo` (201).
+* ``DELETE /v1/recipes/{ref}`` (operator): -> :class:`DeleteResponse`.
+* ``POST /v1/compare``: :class:`CompareRequest` -> :class:`CompareResponse`.
+* ``POST /v1/experiments`` (operator): :class:`ExperimentCreate` -> :class:`ExperimentInfo` (201).
+* ``GET /v1/experiments``: -> :class:`ExperimentList`.
+* ``GET /v1/experiments/{name}``: -> :class:`ExperimentReport`.
+* ``POST /v1/feedback``: :class:`FeedbackRequest` -> :class:`FeedbackResponse` (201).
+* ``GET /health``: -> :class:`HealthResponse`.
+* ``GET /ready``: -> :class:`ReadyResponse` (200 once the model is loaded, else 503).
+* ``GET /metrics``: Prometheus text exposition.
+
+Every error is ``{"error": ErrorDetail}`` (:class:`ErrorResponse`) with the HTTP status of the
+matching :mod:`prefvec.errors` class; ``error.code`` names that class for the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ServingPath = Literal["base", "lowrank", "dense"]
+FinishReason = Literal["stop", "length"]
+
+# ---------------------------------------------------------------------------------------- errors
+
+
+class ErrorDetail(BaseModel):
+    """The inner error object (OpenAI-like) built from ``PrefvecError.to_dict()``."""
+
+    message: str
+    type: str
+    code: str
+    param: str | None = None
+    problems: list[str] = Field(default_factory=list)
+    retry_after: float | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx response."""
+
+    error: ErrorDetail
+
+
+# --------------------------------------------------------------------------- preference extension
+
+
+class MergeOptions(BaseModel):
+    """How the request's vectors are merged (``merge`` extension field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(
+        default="linear", description="Merge method: linear, ties, dare_linear, ..."
+    )
+    density: float = Field(default=1.0, description="Fraction kept by TIES / DARE, in (0, 1].")
+    seed: int = Field(default=0, description="Seed of DARE's random drop.")
+
+
+class PreferenceFields(BaseModel):
+    """prefvec extension fields shared by every generation request."""
+
+    preferences: dict[str, float] | None = Field(
+        None, description="{vector name or name@version: weight}; any real weight in the bounds."
+    )
+    recipe: str | None = Field(default=None, description="Recipe name[@version] to serve.")
+    merge: MergeOptions | None = Field(default=None, description="Merge method for `preferences`.")
+    experiment: str | None = Field(
+        None, description="Experiment name: the request is routed to the arm of `user`."
+    )
+
+
+class PrefvecInfo(BaseModel):
+    """What a generation actually used (``prefvec`` block of every response)."""
+
+    recipe_key: str = Field(description="Canonical MergeSpec key, e.g. 'linear(helpful@1=0.5)'.")
+    recipe: str | None = Field(default=None, description="Recipe name@version when one was named.")
+    vectors: dict[str, int] = Field(default_factory=dict, description="{vector name: version}.")
+    path: ServingPath = Field(description="'base', 'lowrank' (per-request mixing) or 'dense'.")
+    experiment: str | None = None
+    arm: str | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _GenerationRequest(PreferenceFields):
+    """Sampling fields shared by chat and text completions (unknown OpenAI fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(
+        default=None, description="Base id, or 'recipe:<name>' to serve a recipe."
+    )
+    max_tokens: int | None = Field(default=None, ge=1, description="Tokens to generate at most.")
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=1, description="Only n=1 is supported.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, description="Sampling seed (deterministic when set).")
+    user: str | None = Field(
+        default=None, description="End-user id (sticky experiment assignment)."
+    )
+
+
+# --------------------------------------------------------------------------------------- chat
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = "text"
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        """The message content as one string (text parts joined)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text or "" for p in self.content if p.type == "text")
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="Alias of max_tokens."
+    )
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    prefvec: PrefvecInfo
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    prefvec: PrefvecInfo | None = None
+
+
+# ------------------------------------------------------------------------------ text completions
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | list[str] = Field(description="One prompt (a list of exactly one is accepted).")
+    echo: bool = False
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    prefvec: PrefvecInfo
+
+
+class CompletionChunk(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    prefvec: PrefvecInfo | None = None
+
+
+# ------------------------------------------------------------------------------------- models
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "prefvec"
+    kind: Literal["base", "recipe"] = "base"
+    recipe_key: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ------------------------------------------------------------------------------------ vectors
+
+
+class VectorUploadMetadata(BaseModel):
+    """The ``metadata`` form field of an upload: overrides/extends the file's own metadata."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    description: str | None = None
+
+
+class VectorInfo(BaseModel):
+    """One stored vector version (the store's VectorRecord on the wire)."""
+
+    object: Literal["vector"] = "vector"
+    name: str
+    version: int
+    kind: Literal["dense", "lowrank"]
+    sha256: str
+    size_bytes: int
+    created_at: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class VectorList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VectorInfo]
+
+
+class DeleteResponse(BaseModel):
+    object: str
+    name: str
+    version: int | None = None
+    deleted: bool = True
+
+
+# ------------------------------------------------------------------------------------ recipes
+
+
+class RecipeCreate(BaseModel):
+    """A named merge recipe; unpinned vector refs are pinned to their latest version on save."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    method: str = "linear"
+    weights: dict[str, float] = Field(description="{vector name or name@version: weight}")
+    density: float = 1.0
+    seed: int = 0
+    description: str = ""
+
+
+class RecipeInfo(BaseModel):
+    object: Literal["recipe"] = "recipe"
+    name: str
+    version: int
+    method: str
+    weights: dict[str, float]
+    density: float = 1.0
+    seed: int = 0
+    description: str = ""
+    key: str = Field(description="Canonical MergeSpec key of the pinned recipe.")
+    created_at: str | None = None
+
+
+class RecipeList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[RecipeInfo]
+
+
+# ------------------------------------------------------------------------------------ compare
+
+
+class CompareCandidate(BaseModel):
+    """One column of a comparison: a recipe or a preference set (or neither: the base)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(default=None, description="Column label; defaults to the recipe key.")
+    recipe: str | None = None
+    preferences: dict[str, float] | None = None
+    merge: MergeOptions | None = None
+
+
+class CompareRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[str] = Field(min_length=1)
+    candidates: list[CompareCandidate] = Field(min_length=2)
+    chat: bool = Field(default=True, description="Wrap each prompt as a user chat message.")
+    max_tokens: int = Field(default=32, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = 0
+    scorers: list[str] | None = Field(
+        None, description="Scorer names (None: the server's configured scorers)."
+    )
+
+
+class CompareOutput(BaseModel):
+    label: str
+    text: str
+    scores: dict[str, float] = Field(default_factory=dict)
+    prefvec: PrefvecInfo | None = None
+
+
+class CompareRow(BaseModel):
+    prompt: str
+    outputs: list[CompareOutput]
+
+
+class WinRate(BaseModel):
+    """Pairwise win rate of ``a`` over ``b`` on one scorer, ties counted half."""
+
+    scorer: str
+    a: str
+    b: str
+    wins: int
+    losses: int
+    ties: int
+    rate: float
+    ci_low: float
+    ci_high: float
+
+
+class CompareSummary(BaseModel):
+    scorers: list[str] = Field(default_factory=list)
+    mean_scores: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="{label: {scorer: mean}}"
+    )
+    win_rates: list[WinRate] = Field(default_factory=list)
+
+
+class CompareResponse(BaseModel):
+    object: Literal["comparison"] = "comparison"
+    labels: list[str]
+    rows: list[CompareRow]
+    summary: CompareSummary
+
+
+# -------------------------------------------------------------------------------- experiments
+
+
+class ExperimentArm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    recipe: str = Field(description="Recipe name[@version]; pinned when the experiment is made.")
+    traffic: float = Field(default=1.0, gt=0.0, description="Relative share of users (normalised).")
+
+
+class ExperimentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arms: list[ExperimentArm] = Field(min_length=2)
+    description: str = ""
+
+
+class ExperimentInfo(BaseModel):
+    object: Literal["experiment"] = "experiment"
+    name: str
+    arms: list[ExperimentArm]
+    description: str = ""
+    created_at: str | None = None
+
+
+class ExperimentList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ExperimentInfo]
+
+
+class ArmReport(BaseModel):
+    name: str
+    recipe: str
+    assignments: int = Field(description="Distinct users assigned.")
+    requests: int = Field(description="Generation requests served.")
+    ratings: int
+    mean_rating: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    pairwise_wins: int = 0
+    pairwise_losses: int = 0
+    pairwise_win_rate: float | None = None
+    pairwise_ci_low: float | None = None
+    pairwise_ci_high: float | None = None
+
+
+class ExperimentReport(BaseModel):
+    object: Literal["experiment.report"] = "experiment.report"
+    name: str
+    description: str = ""
+    arms: list[ArmReport]
+    confidence: float = 0.95
+
+
+class FeedbackRequest(BaseModel):
+    """A rating of one arm's output, or a pairwise preference between two arms."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: str
+    user: str | None = Field(default=None, description="User id; the rated arm is the user's arm.")
+    arm: str | None = Field(
+        default=None, description="Arm rated (default: the user's assigned arm)."
+    )
+    rating: float | None = Field(default=None, description="A finite score, e.g. 1-5 or 0/1.")
+    preferred: str | None = Field(default=None, description="Pairwise: the winning arm.")
+    rejected: str | None = Field(default=None, description="Pairwise: the losing arm.")
+    completion_id: str | None = None
+    comment: str = ""
+
+
+class FeedbackResponse(BaseModel):
+    object: Literal["feedback"] = "feedback"
+    id: int
+    experiment: str
+    arm: str | None = None
+
+
+# ------------------------------------------------------------------------------------- health
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    model: str | None = None
+    backend: str | None = None
+    device: str | None = None
+
+
+__all__ = [
+    "ArmReport",
+    "AssistantMessage",
+    "ChatChoice",
+    "ChatChunkChoice",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatCompletionResponse",
+    "ChatDelta",
+    "ChatMessage",
+    "CompareCandidate",
+    "CompareOutput",
+    "CompareRequest",
+    "CompareResponse",
+    "CompareRow",
+    "CompareSummary",
+    "CompletionChoice",
+    "CompletionChunk",
+    "CompletionRequest",
+    "CompletionResponse",
+    "ContentPart",
+    "DeleteResponse",
+    "ErrorDetail",
+    "ErrorResponse",
+    "ExperimentArm",
+    "ExperimentCreate",
+    "ExperimentInfo",
+    "ExperimentList",
+    "ExperimentReport",
+    "FeedbackRequest",
+    "FeedbackResponse",
+    "HealthResponse",
+    "MergeOptions",
+    "ModelCard",
+    "ModelList",
+    "PreferenceFields",
+    "PrefvecInfo",
+    "ReadyResponse",
+    "RecipeCreate",
+    "RecipeInfo",
+    "RecipeList",
+    "ServingPath",
+    "StreamOptions",
+    "Usage",
+    "VectorInfo",
+    "VectorList",
+    "VectorUploadMetadata",
+    "WinRate",
+]

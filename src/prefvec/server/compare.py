@@ -1,0 +1,140 @@
+"""Side-by-side comparison of recipes / preference sets on a list of prompts (HTTP-free).
+
+Outputs come from a ``generate`` coroutine the caller supplies (the server passes its scheduler,
+so all prompt × candidate jobs are batched together). Scores come from scorers registered here by
+name; a scorer maps ``(prompt, output) -> float`` and says whether higher is better. Win rate of
+candidate a over b on a scorer: wins + ties/2 over the prompts, with a Wilson 95% interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+
+from prefvec.errors import ValidationError
+from prefvec.protocol import (
+    CompareCandidate,
+    CompareOutput,
+    CompareRequest,
+    CompareResponse,
+    CompareRow,
+    CompareSummary,
+    PrefvecInfo,
+    WinRate,
+)
+from prefvec.server.experiments import wilson_interval
+
+Generate = Callable[[str, CompareCandidate], Awaitable[tuple[str, PrefvecInfo]]]
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A named score of one output; ``higher_is_better`` orients win rates."""
+
+    name: str
+    fn: Callable[[str, str], float]
+    higher_is_better: bool = True
+
+
+_SCORERS: dict[str, Scorer] = {}
+REFUSAL_PATTERNS = re.compile(
+    r"\b(i can(?:'|no)t|i cannot|i'm sorry|i am sorry|i won't|i will not|as an ai|"
+    r"i'm not able|i am not able|i must decline)\b",
+    re.IGNORECASE,
+)
+
+
+def register_scorer(
+    name: str, fn: Callable[[str, str], float], higher_is_better: bool = True
+) -> None:
+    """Add a scorer ``fn(prompt, output) -> float`` under ``name`` (replaces an existing one)."""
+    _SCORERS[name] = Scorer(name, fn, higher_is_better)
+
+
+def available_scorers() -> list[str]:
+    return sorted(_SCORERS)
+
+
+def get_scorer(name: str) -> Scorer:
+    """Raises ValidationError listing the known scorers."""
+    if name not in _SCORERS:
+        raise ValidationError(
+            f"`scorers` must be among {available_scorers()}, got {name!r}", field="scorers"
+        )
+    return _SCORERS[name]
+
+
+register_scorer("length", lambda prompt, out: float(len(out)))
+register_scorer(
+    "refusal",
+    lambda prompt, out: 1.0 if REFUSAL_PATTERNS.search(out) else 0.0,
+    higher_is_better=False,
+)
+
+
+def candidate_label(c: CompareCandidate, index: int) -> str:
+    if c.label:
+        return c.label
+    if c.recipe:
+        return f"recipe:{c.recipe}"
+    if c.preferences:
+        return ",".join(f"{k}={v:g}" for k, v in sorted(c.preferences.items()))
+    return f"base#{index}"
+
+
+def win_rates(
+    labels: Sequence[str], scores: list[list[dict[str, float]]], scorer: Scorer
+) -> list[WinRate]:
+    """Pairwise win rates on one scorer; ``scores[prompt][candidate][scorer]``."""
+    out = []
+    for i, j in combinations(range(len(labels)), 2):
+        wins = losses = ties = 0
+        for row in scores:
+            a, b = row[i][scorer.name], row[j][scorer.name]
+            if not scorer.higher_is_better:
+                a, b = -a, -b
+            wins, losses, ties = wins + (a > b), losses + (a < b), ties + (a == b)
+        n = wins + losses + ties
+        lo, hi = wilson_interval(wins + ties / 2, n)
+        out.append(WinRate(
+            scorer=scorer.name, a=labels[i], b=labels[j], wins=wins, losses=losses, ties=ties,
+            rate=(wins + ties / 2) / n if n else 0.0, ci_low=lo, ci_high=hi,
+        ))  # fmt: skip
+    return out
+
+
+async def run_compare(
+    req: CompareRequest, generate: Generate, default_scorers: Sequence[str] = ()
+) -> CompareResponse:
+    """Generate every prompt × candidate concurrently, score, summarise."""
+    names = list(req.scorers if req.scorers is not None else default_scorers)
+    scorers = [get_scorer(n) for n in names]
+    labels = [candidate_label(c, i) for i, c in enumerate(req.candidates)]
+    if len(set(labels)) != len(labels):
+        raise ValidationError(
+            f"`candidates` labels must be unique, got {labels}", field="candidates"
+        )
+    tasks = [[generate(p, c) for c in req.candidates] for p in req.prompts]
+    flat = await asyncio.gather(*[t for row in tasks for t in row])
+    rows: list[CompareRow] = []
+    all_scores: list[list[dict[str, float]]] = []
+    k = len(req.candidates)
+    for pi, prompt in enumerate(req.prompts):
+        outs, row_scores = [], []
+        for ci in range(k):
+            text, info = flat[pi * k + ci]
+            sc = {s.name: float(s.fn(prompt, text)) for s in scorers}
+            outs.append(CompareOutput(label=labels[ci], text=text, scores=sc, prefvec=info))
+            row_scores.append(sc)
+        rows.append(CompareRow(prompt=prompt, outputs=outs))
+        all_scores.append(row_scores)
+    summary = CompareSummary(scorers=names)
+    for s in scorers:
+        for ci, label in enumerate(labels):
+            vals = [row[ci][s.name] for row in all_scores]
+            summary.mean_scores.setdefault(label, {})[s.name] = sum(vals) / len(vals)
+        summary.win_rates += win_rates(labels, all_scores, s)
+    return CompareResponse(labels=labels, rows=rows, summary=summary)

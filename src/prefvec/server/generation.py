@@ -1,0 +1,132 @@
+"""Backend-independent pieces of generation: sampling parameters, token sampling, and
+incremental detokenisation with stop strings.
+
+:class:`TextStream` turns generated token ids into text deltas that never end in half a UTF-8
+character (a trailing U+FFFD is held back until the next token completes it) and never show the
+start of a stop string before it is known not to be one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+FinishReason = Literal["stop", "length"]
+_REPLACEMENT = "\ufffd"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request samples.
+
+    Args:
+        max_tokens: tokens to generate at most.
+        temperature: 0 means greedy (argmax).
+        top_p: nucleus sampling mass in (0, 1].
+        seed: seeds the request's own generator (sampling is reproducible per request).
+        stop: stop strings; the text ends before the first one found.
+    """
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def generator(self, device: str | torch.device = "cpu") -> torch.Generator | None:
+        """A generator seeded with :attr:`seed` (None for greedy decoding)."""
+        if self.greedy:
+            return None
+        gen = torch.Generator(device=device)
+        if self.seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(self.seed)
+        return gen
+
+
+def sample_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
+    """Pick the next token from one row of logits (V,): argmax, or temperature + top-p sampling."""
+    if params.greedy:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)  # (V,)
+    if params.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        drop = torch.cumsum(sorted_p, dim=-1) - sorted_p >= params.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+    idx = torch.multinomial(probs, 1, generator=gen)
+    return int(idx.item())
+
+
+def _held_stop_prefix(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
+
+
+class TextStream:
+    """Incremental detokenisation of one sequence, with stop strings.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (``decode``).
+        stop: stop strings.
+
+    Call :meth:`push` per generated (non-EOS) token and :meth:`flush` once at the end; both
+    return the text delta to emit. After a stop string, :attr:`finish_reason` is ``"stop"``.
+    """
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.finish_reason: FinishReason | None = None
+
+    def _text(self) -> str:
+        return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+    def _delta(self, upto: str) -> str:
+        if not upto.startswith(self.emitted) or len(upto) <= len(self.emitted):
+            return ""
+        delta = upto[len(self.emitted) :]
+        self.emitted = upto
+        return delta
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text that is now safe to emit."""
+        self.ids.append(token_id)
+        text = self._text()
+        if self.stop:
+            start = max(0, len(self.emitted) - max(len(s) for s in self.stop))
+            hits = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
+            if hits:
+                self.finish_reason = "stop"
+                return self._delta(text[: min(hits)])
+        if text.endswith(_REPLACEMENT):
+            return ""  # an incomplete UTF-8 sequence: wait for the next token
+        held = _held_stop_prefix(text, self.stop)
+        return self._delta(text[: len(text) - held])
+
+    def flush(self) -> str:
+        """The remaining text at the end of generation (unless a stop string ended it)."""
+        if self.finish_reason == "stop":
+            return ""
+        return self._delta(self._text())
+
+    @property
+    def text(self) -> str:
+        """All text emitted so far."""
+        return self.emitted

@@ -1,0 +1,94 @@
+"""Prometheus metrics of one server instance (own registry, so several apps can share a process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _LiveCollector(Collector):
+    """Values read at scrape time: queue depth, running rows, merge cache counters."""
+
+    def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Any]:
+        s = self._state()
+        yield GaugeMetricFamily(
+            "prefvec_queue_depth", "Requests waiting for a batch.", value=s.get("queue_depth", 0)
+        )
+        yield GaugeMetricFamily(
+            "prefvec_running_requests", "Requests in the running batch.", value=s.get("running", 0)
+        )
+        yield GaugeMetricFamily(
+            "prefvec_model_ready", "1 once the base model is loaded.", value=s.get("ready", 0)
+        )
+        cache = s.get("cache", {})
+        for name, doc in (
+            ("hits", "Merged-weight cache hits."),
+            ("misses", "Merged-weight cache misses."),
+            ("evictions", "Merged-weight cache evictions."),
+        ):
+            yield CounterMetricFamily(f"prefvec_merge_cache_{name}", doc, value=cache.get(name, 0))
+        yield GaugeMetricFamily(
+            "prefvec_merge_cache_bytes",
+            "Bytes held by the merged-weight cache.",
+            value=cache.get("nbytes", 0),
+        )
+        yield CounterMetricFamily(
+            "prefvec_merges_built",
+            "Dense merges built in place.",
+            value=cache.get("merges_built", 0),
+        )
+
+
+class Metrics:
+    """Counters and histograms the routes and the scheduler update.
+
+    Args:
+        state: returns the live values (see :class:`_LiveCollector`) at scrape time.
+    """
+
+    def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "prefvec_requests", "HTTP requests.", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "prefvec_request_latency_seconds",
+            "HTTP request latency.",
+            ["route"],
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.prompt_tokens = Counter(
+            "prefvec_prompt_tokens", "Prompt tokens processed.", ["path"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "prefvec_completion_tokens", "Tokens generated.", ["path"], registry=r
+        )
+        self.generations = Counter(
+            "prefvec_generations", "Finished generations.", ["path", "finish_reason"], registry=r
+        )
+        self.batches = Counter("prefvec_batches", "Batches run.", ["group"], registry=r)
+        self.batch_size = Histogram(
+            "prefvec_batch_size", "Rows per batch.", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64)
+        )
+        self.rejected = Counter(
+            "prefvec_rejected",
+            "Requests rejected by bounds or backpressure.",
+            ["reason"],
+            registry=r,
+        )
+        r.register(_LiveCollector(state))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,15 @@
+"""One router per resource."""
+
+from __future__ import annotations
+
+from prefvec.server.routes import compare, experiments, generation, health, models, recipes, vectors
+
+ROUTERS = [
+    health.router,
+    generation.router,
+    models.router,
+    vectors.router,
+    recipes.router,
+    compare.router,
+    experiments.router,
+]

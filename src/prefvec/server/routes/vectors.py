@@ -1,0 +1,129 @@
+"""``GET/POST/DELETE /v1/vectors``: list, metadata, streamed upload, download, delete."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from prefvec.errors import ValidationError
+from prefvec.protocol import DeleteResponse, VectorInfo, VectorList
+from prefvec.server.deps import Operator, Ready, User
+
+router = APIRouter(prefix="/v1/vectors", tags=["vectors"])
+
+UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "metadata": {"type": "string", "description": "JSON object"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def vector_info(rec: Any) -> VectorInfo:
+    return VectorInfo(
+        name=rec.name, version=rec.version, kind=rec.kind, sha256=rec.sha256,
+        size_bytes=rec.size_bytes, created_at=rec.created_at,
+        metadata=rec.metadata.model_dump(mode="json"),
+    )  # fmt: skip
+
+
+@router.get("", response_model=VectorList, dependencies=[User])
+async def list_vectors(state: Ready) -> VectorList:
+    return VectorList(data=[vector_info(r) for r in await run_in_threadpool(state.store.list)])
+
+
+@router.get("/{ref}", response_model=VectorInfo, dependencies=[User])
+async def get_vector(ref: str, state: Ready) -> VectorInfo:
+    return vector_info(await run_in_threadpool(state.store.record, ref))
+
+
+@router.get("/{name}/versions", response_model=VectorList, dependencies=[User])
+async def vector_versions(name: str, state: Ready) -> VectorList:
+    records = await run_in_threadpool(state.store.versions, name)
+    if not records:
+        await run_in_threadpool(state.store.record, name)  # raises NotFoundError naming it
+    return VectorList(data=[vector_info(r) for r in records])
+
+
+@router.get("/{ref}/file", response_class=FileResponse, dependencies=[User])
+async def download_vector(ref: str, state: Ready) -> FileResponse:
+    rec = await run_in_threadpool(state.store.record, ref)
+    path = await run_in_threadpool(state.store.blob_path, rec.ref)
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{rec.name}@{rec.version}.safetensors",
+    )
+
+
+def _metadata(raw: Any) -> dict[str, Any] | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise ValidationError(
+            "`metadata` must be a JSON string field, got a file", field="metadata"
+        )
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f"`metadata` must be a JSON object, got {raw[:80]!r} ({exc.msg})", field="metadata"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValidationError(
+            f"`metadata` must be a JSON object, got {raw[:80]!r}", field="metadata"
+        )
+    return data
+
+
+@router.post(
+    "", response_model=VectorInfo, status_code=201, dependencies=[Operator],
+    openapi_extra=UPLOAD_SCHEMA,
+)  # fmt: skip
+async def upload_vector(request: Request, state: Ready) -> VectorInfo:
+    """Multipart upload: ``file`` (safetensors, streamed to disk) and optional ``metadata`` JSON.
+
+    The body is parsed only after the operator check, and its size is bounded while it streams.
+    """
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise ValidationError(
+            f"upload must be multipart/form-data with a `file` field, got {ctype!r}", field="file"
+        )
+    form = await request.form(max_files=1, max_fields=4)
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ValidationError("`file` is required (a safetensors file part)", field="file")
+        meta = _metadata(form.get("metadata"))
+        rec = await run_in_threadpool(state.store.put, upload.file, metadata=meta)
+    finally:
+        await form.close()
+    return vector_info(rec)
+
+
+@router.delete("/{ref}", response_model=DeleteResponse, dependencies=[Operator])
+async def delete_vector(ref: str, state: Ready) -> DeleteResponse:
+    """Delete a version (``name@N``) or every version (``name``); 409 when a recipe uses it."""
+    from prefvec.vector_store import parse_ref
+
+    name, version = parse_ref(ref, "ref")
+    await run_in_threadpool(state.store.delete, name, version)
+    state.engine.forget(name)
+    return DeleteResponse(object="vector", name=name, version=version)

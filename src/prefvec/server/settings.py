@@ -1,0 +1,191 @@
+"""Server settings: environment (``PREFVEC_*``), an optional settings file, then defaults.
+
+Precedence, highest first: keyword arguments, environment variables, the settings file
+(``settings_file=`` or ``PREFVEC_SETTINGS_FILE``; JSON or TOML), the defaults below. List
+settings read from the environment are JSON (``PREFVEC_OPERATOR_KEYS='["k1","k2"]'``) or a
+comma-separated string (``PREFVEC_OPERATOR_KEYS=k1,k2``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import tomllib
+from pydantic import Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from prefvec.errors import ValidationError
+
+DEFAULT_BASE = "bundled:smollm2-135m-instruct"
+_LIST_FIELDS = {"operator_keys", "user_keys", "scorers"}
+
+
+def prefvec_home_dir() -> Path:
+    """``$PREFVEC_HOME`` or ``~/.cache/prefvec``."""
+    return Path(os.environ.get("PREFVEC_HOME", "~/.cache/prefvec")).expanduser()
+
+
+class _CommaListEnvSource(EnvSettingsSource):
+    """Env source that also accepts ``a,b,c`` for list settings."""
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        if field_name in _LIST_FIELDS and isinstance(value, str):
+            text = value.strip()
+            if not text.startswith("["):
+                return [v.strip() for v in text.split(",") if v.strip()]
+            return json.loads(text)
+        return super().prepare_field_value(field_name, field, value, value_is_complex)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Reads the JSON/TOML file named by ``settings_file`` or ``PREFVEC_SETTINGS_FILE``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init: InitSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._path = init.init_kwargs.get("settings_file") or os.environ.get(
+            "PREFVEC_SETTINGS_FILE"
+        )
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if not self._path:
+            return {}
+        path = Path(self._path).expanduser()
+        if not path.is_file():
+            raise ValidationError(
+                f"`settings_file` {str(path)!r} does not exist", field="settings_file"
+            )
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        if not isinstance(data, dict):
+            raise ValidationError(
+                f"`settings_file` {str(path)!r} must hold an object", field="settings_file"
+            )
+        return data
+
+
+class ServerSettings(BaseSettings):
+    """Everything the inference server can be told (env prefix ``PREFVEC_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PREFVEC_", extra="ignore")
+
+    settings_file: Path | None = Field(
+        default=None, description="JSON/TOML file with these settings."
+    )
+    home: Path = Field(default_factory=prefvec_home_dir, description="prefvec cache root.")
+    base: str = Field(
+        default=DEFAULT_BASE, description="bundled:<name>, a model folder, or a hub id."
+    )
+    served_model_name: str | None = Field(
+        default=None, description="Model id reported (default: base)."
+    )
+    store_dir: Path | None = Field(
+        default=None, description="Vector store root (default: home/store)."
+    )
+    preload_vectors_dir: Path | None = Field(
+        default=None,
+        description="Folder of *.safetensors vectors put into the store at start if absent.",
+    )
+    backend: str = Field(
+        default="transformers", description="Generation backend: transformers | vllm."
+    )
+    dtype: str = Field(default="float32", description="float32 | bfloat16 | float16.")
+    device: str = Field(default="auto", description="auto (cuda when available) | cpu | cuda[:n].")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: str = "info"
+
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    max_wait_ms: float = Field(default=10.0, ge=0.0, description="How long a batch waits to fill.")
+    max_queue: int = Field(default=64, ge=1, description="Pending requests before 429.")
+    retry_after_s: float = Field(default=1.0, gt=0.0, description="Retry-After sent with a 429.")
+    request_timeout_s: float = Field(default=120.0, gt=0.0)
+    max_prompt_tokens: int = Field(default=2048, ge=1)
+    max_tokens_limit: int = Field(
+        default=1024, ge=1, description="Upper bound of a request's max_tokens."
+    )
+    default_max_tokens: int = Field(default=256, ge=1)
+    max_vectors_per_request: int = Field(default=8, ge=1)
+    weight_min: float = -5.0
+    weight_max: float = 5.0
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="JSON request bodies.")
+    max_upload_bytes: int = Field(default=1 << 31, ge=1024, description="Vector uploads.")
+    merge_cache_bytes: int = Field(default=2 << 30, ge=0, description="Merged-weight LRU cache.")
+    vector_cache_size: int = Field(default=32, ge=1, description="Loaded vectors kept in memory.")
+
+    operator_keys: list[str] = Field(default_factory=list)
+    user_keys: list[str] = Field(default_factory=list)
+    scorers: list[str] = Field(default_factory=list, description="Scorers used by /v1/compare.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(init_settings, InitSettingsSource)
+        return (
+            init_settings,
+            _CommaListEnvSource(settings_cls),
+            _FileSource(settings_cls, init_settings),
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        """``base_model`` (the CLI's name) is accepted for ``base``."""
+        if isinstance(data, dict) and data.get("base_model") is not None:
+            data = {**data, "base": data["base_model"]}
+            data.pop("base_model")
+        return data
+
+    @field_validator("home", "store_dir", "preload_vectors_dir", mode="after")
+    @classmethod
+    def _expand(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerSettings:
+        if self.weight_min >= self.weight_max:
+            raise ValueError(f"weight_min ({self.weight_min}) must be < weight_max")
+        if self.default_max_tokens > self.max_tokens_limit:
+            self.default_max_tokens = self.max_tokens_limit
+        return self
+
+    @property
+    def store_root(self) -> Path:
+        """Where the vector store lives."""
+        return self.store_dir if self.store_dir is not None else self.home / "store"
+
+    @property
+    def model_name(self) -> str:
+        """The model id reported by ``/v1/models`` and in responses."""
+        return self.served_model_name or self.base
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings without secrets (for logs)."""
+        data = self.model_dump(mode="json")
+        for key in ("operator_keys", "user_keys"):
+            data[key] = f"<{len(data[key])} keys>"
+        return data
+
+
+Settings = ServerSettings
+"""Alias used by ``prefvec serve``."""
