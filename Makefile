@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 serve: install
-	$(VENV)/bin/prefvec serve --host $(HOST) --port $(PORT)
+	$(VENV)/bin/prefvec serve --host $(HOST) --port $(PORT) --preload-vectors vectors
 
 test: install
 	$(PY) -m pytest -m "not slow and not gpu and not vllm" $(PYTEST_ARGS)

@@ -122,6 +122,20 @@ class IntegrityError(PrefvecError):
     code = "integrity_error"
 
 
+class ServiceUnavailableError(PrefvecError):
+    """The server cannot serve yet (model still loading, or failed to load): 503."""
+
+    status_code = 503
+    code = "service_unavailable"
+
+
+class ServerUnreachableError(PrefvecError, ConnectionError):
+    """The prefvec server could not be reached (connection refused, DNS, broken connection)."""
+
+    status_code = 503
+    code = "server_unreachable"
+
+
 class BackendUnavailableError(PrefvecError, ImportError):
     """An optional backend or extra is not installed; the message says what to install."""
 

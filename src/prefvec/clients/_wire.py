@@ -13,17 +13,16 @@ import httpx
 from pydantic import BaseModel
 
 from prefvec import protocol
-from prefvec.errors import PrefvecError, QueueFullError, RequestTimeoutError, error_from_code
+from prefvec.errors import (
+    PrefvecError,
+    QueueFullError,
+    RequestTimeoutError,
+    ServerUnreachableError,
+    error_from_code,
+)
 
 URL_ENV = "PREFVEC_URL"
 M = TypeVar("M", bound=BaseModel)
-
-
-class ServerUnreachableError(PrefvecError, ConnectionError):
-    """The prefvec server could not be reached (connection refused, DNS, broken connection)."""
-
-    status_code = 503
-    code = "server_unreachable"
 
 
 # ------------------------------------------------------------------------------ error mapping

@@ -8,18 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefvec.errors import PrefvecError
+from prefvec.errors import PrefvecError, ServiceUnavailableError
 from prefvec.server.metrics import Metrics
 from prefvec.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
-
-
-class ServiceUnavailableError(PrefvecError):
-    """The model is still loading (or failed to load): 503 with Retry-After."""
-
-    status_code = 503
-    code = "service_unavailable"
 
 
 @dataclass
