@@ -304,3 +304,21 @@ def test_concurrent_puts_threads_and_processes(tmp_path: Path, base: BaseSpec) -
         store.get(rec.ref)  # every blob present and intact
     assert_consistent(store)
     assert store.stats()["blobs"] == 6
+
+
+def test_busy_store_is_a_503_not_a_crash(tmp_path: Path) -> None:
+    """A writer that cannot get SQLite's lock in time gets ServiceUnavailableError; nothing lost."""
+    from prefvec.errors import ServiceUnavailableError
+    from prefvec.vector_store import LocalStore
+
+    store = LocalStore(tmp_path / "s", timeout=0.2)
+    blocker = store.connect(autocommit=True)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        with pytest.raises(ServiceUnavailableError, match="busy"), store._write():
+            pass
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    with store._write():  # free again
+        pass

@@ -40,6 +40,7 @@ from prefvec.errors import (
     IntegrityError,
     NotFoundError,
     PayloadTooLargeError,
+    ServiceUnavailableError,
     ValidationError,
 )
 from prefvec.vector_store.base_spec import BaseSpec
@@ -230,7 +231,12 @@ class LocalStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction holding SQLite's write lock from the start."""
         with self._read() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:  # busy past the timeout: the caller may retry
+                raise ServiceUnavailableError(
+                    f"the vector store at {self.root} is busy ({exc}); retry shortly"
+                ) from exc
             try:
                 yield conn
             except BaseException:
