@@ -95,3 +95,16 @@ def test_generate_changes_with_weights(
     assert outs[0]["text"] != outs[1]["text"]  # the weight changes the output
     assert main(["generate", *store, "--weights", "nope=1", "hi"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_cli_startup_imports_no_torch() -> None:
+    """Building the parser (every subcommand) stays lean: no torch / transformers import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, prefvec.cli as c; c.build_parser(); "
+        "bad = [m for m in ('torch', 'transformers', 'numpy') if m in sys.modules]; "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

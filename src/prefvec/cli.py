@@ -9,6 +9,7 @@ Local commands work on the store and the base model in this process (``vectors``
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -262,11 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preload-vectors", dest="preload_vectors_dir", default=None)
     p.set_defaults(func=cmd_serve)
 
-    try:
-        from prefvec.clients.cli import register
-    except ImportError:
-        pass
-    else:
+    for module in ("prefvec.clients.cli", "prefvec.training.cli", "prefvec.evaluation.cli"):
+        try:
+            register = importlib.import_module(module).register
+        except (ImportError, AttributeError):  # a part not installed (or not written) yet
+            logging.getLogger(__name__).debug("CLI commands of %s unavailable", module)
+            continue
         register(sub)
     return parser
 
