@@ -15,7 +15,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama (2 layers, hidden 32, tied embeddings) + byte tokenizer, saved as safetensors."""
+    """A tiny Llama (2 layers, hidden 32, tied embeddings) + byte tokenizer, as safetensors."""
     from prefvec.testing import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-base"), seed=0)

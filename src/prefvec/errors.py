@@ -153,7 +153,8 @@ def _all_subclasses(cls: type[PrefvecError]) -> list[type[PrefvecError]]:
 
 def error_from_code(code: str | None, message: str, **kwargs: Any) -> PrefvecError:
     """Rebuild the exception class named by an error ``code`` (used by the HTTP client)."""
-    for cls in [PrefvecError, *_all_subclasses(PrefvecError)]:
+    classes: list[type[PrefvecError]] = [PrefvecError, *_all_subclasses(PrefvecError)]
+    for cls in classes:
         if cls.code == code:
             return cls(message, **kwargs)
     return PrefvecError(message, **kwargs)
