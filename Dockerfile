@@ -24,6 +24,7 @@ RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 
 COPY pyproject.toml README.md ./
 COPY src ./src
+COPY vectors ./vectors
 # The local project is pinned by its own pyproject; DL3013 flags the path install.
 # hadolint ignore=DL3013
 RUN pip install ".[server]" \
@@ -33,4 +34,4 @@ USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"]
-CMD ["prefvec", "serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["prefvec", "serve", "--host", "0.0.0.0", "--port", "8000", "--preload-vectors", "/app/vectors"]
