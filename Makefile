@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-EXTRAS ?= server,train,dev
+EXTRAS ?= server,train,eval,plot,dev
 PYTEST_ARGS ?=
 
 .PHONY: install serve test test-slow style quality bench clean

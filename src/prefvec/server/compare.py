@@ -2,14 +2,14 @@
 
 Outputs come from a ``generate`` coroutine the caller supplies (the server passes its scheduler,
 so all prompt × candidate jobs are batched together). Scores come from scorers registered here by
-name; a scorer maps ``(prompt, output) -> float`` and says whether higher is better. Win rate of
+name (:mod:`prefvec.scoring`'s registry, plus compare-only ones registered here); a scorer maps
+``(prompt, output) -> float`` and says whether higher is better. Win rate of
 candidate a over b on a scorer: wins + ties/2 over the prompts, with a Wilson 95% interval.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -40,39 +40,48 @@ class Scorer:
 
 
 _SCORERS: dict[str, Scorer] = {}
-REFUSAL_PATTERNS = re.compile(
-    r"\b(i can(?:'|no)t|i cannot|i'm sorry|i am sorry|i won't|i will not|as an ai|"
-    r"i'm not able|i am not able|i must decline)\b",
-    re.IGNORECASE,
-)
+_BUILT: dict[str, Scorer] = {}
 
 
 def register_scorer(
     name: str, fn: Callable[[str, str], float], higher_is_better: bool = True
 ) -> None:
-    """Add a scorer ``fn(prompt, output) -> float`` under ``name`` (replaces an existing one)."""
+    """Add a compare-only scorer ``fn(prompt, output) -> float`` under ``name`` (it shadows a
+    :mod:`prefvec.scoring` scorer of the same name)."""
     _SCORERS[name] = Scorer(name, fn, higher_is_better)
 
 
+def _usable(name: str) -> bool:
+    """Scorers of :mod:`prefvec.scoring` that need no options and no reference answers."""
+    return name not in ("reward_model", "llm_judge", "embedding_similarity")
+
+
 def available_scorers() -> list[str]:
-    return sorted(_SCORERS)
+    """Compare-only scorers plus the option-free scorers of :mod:`prefvec.scoring`."""
+    from prefvec.scoring import available_scorers as registry_names
+
+    return sorted(set(_SCORERS) | {n for n in registry_names() if _usable(n)})
 
 
 def get_scorer(name: str) -> Scorer:
-    """Raises ValidationError listing the known scorers."""
-    if name not in _SCORERS:
-        raise ValidationError(
-            f"`scorers` must be among {available_scorers()}, got {name!r}", field="scorers"
-        )
-    return _SCORERS[name]
+    """The scorer ``name`` (built once from the :mod:`prefvec.scoring` registry).
 
+    Raises:
+        ValidationError: an unknown name, or one that needs options or references (the message
+            lists the usable names).
+    """
+    if name in _SCORERS:
+        return _SCORERS[name]
+    if name not in _BUILT:
+        if name not in available_scorers():
+            raise ValidationError(
+                f"`scorers` must be among {available_scorers()}, got {name!r}", field="scorers"
+            )
+        from prefvec.scoring import get_scorer as build
 
-register_scorer("length", lambda prompt, out: float(len(out)))
-register_scorer(
-    "refusal",
-    lambda prompt, out: 1.0 if REFUSAL_PATTERNS.search(out) else 0.0,
-    higher_is_better=False,
-)
+        scorer = build(name)
+        _BUILT[name] = Scorer(name, scorer.score_one, scorer.info.higher_is_better)
+    return _BUILT[name]
 
 
 def candidate_label(c: CompareCandidate, index: int) -> str:
@@ -119,6 +128,13 @@ async def run_compare(
         )
     tasks = [[generate(p, c) for c in req.candidates] for p in req.prompts]
     flat = await asyncio.gather(*[t for row in tasks for t in row])
+    # Scorers may block (a model forward, an HTTP judge): score off the event loop.
+    scored = await asyncio.to_thread(
+        lambda: [
+            {s.name: float(s.fn(req.prompts[i // len(req.candidates)], text)) for s in scorers}
+            for i, (text, _) in enumerate(flat)
+        ]
+    )
     rows: list[CompareRow] = []
     all_scores: list[list[dict[str, float]]] = []
     k = len(req.candidates)
@@ -126,7 +142,7 @@ async def run_compare(
         outs, row_scores = [], []
         for ci in range(k):
             text, info = flat[pi * k + ci]
-            sc = {s.name: float(s.fn(prompt, text)) for s in scorers}
+            sc = scored[pi * k + ci]
             outs.append(CompareOutput(label=labels[ci], text=text, scores=sc, prefvec=info))
             row_scores.append(sc)
         rows.append(CompareRow(prompt=prompt, outputs=outs))

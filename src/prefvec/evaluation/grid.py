@@ -1,0 +1,144 @@
+"""Weight grids over 2-3 vectors, the Pareto front of two metrics, and its plot.
+
+A point ``p`` is dominated when some ``q`` is at least as good on both objectives and strictly
+better on one (objectives oriented so that larger is better); the front is the non-dominated set.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefvec.errors import BackendUnavailableError, ValidationError
+from prefvec.evaluation.runner import EvalReport, RunContext, run_eval
+
+logger = logging.getLogger(__name__)
+
+
+def weight_grid(vectors: Sequence[str], values: Sequence[float]) -> list[dict[str, float]]:
+    """Every combination of ``values`` over ``vectors`` (the Cartesian product), in order.
+
+    Raises:
+        ValidationError: fewer than 1 or more than 3 vectors, duplicates, or no values.
+    """
+    if not 1 <= len(vectors) <= 3 or len(set(vectors)) != len(vectors):
+        raise ValidationError(
+            f"`vectors` must be 1-3 distinct names, got {list(vectors)}", field="vectors"
+        )
+    if not values:
+        raise ValidationError("`values` must not be empty", field="values")
+    return [dict(zip(vectors, combo, strict=True))
+            for combo in itertools.product(values, repeat=len(vectors))]  # fmt: skip
+
+
+def pareto_front(
+    points: Sequence[tuple[float, float]], maximize: tuple[bool, bool] = (True, True)
+) -> list[int]:
+    """Indices of the non-dominated points (sorted by the first objective, best last).
+
+    Args:
+        points: (x, y) per point.
+        maximize: per objective, whether larger is better.
+    """
+    signs = [1.0 if m else -1.0 for m in maximize]
+    pts = [(p[0] * signs[0], p[1] * signs[1]) for p in points]
+    front = []
+    for i, p in enumerate(pts):
+        dominated = any(q[0] >= p[0] and q[1] >= p[1] and (q[0] > p[0] or q[1] > p[1]) for q in pts)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: pts[i][0])
+
+
+def run_grid(
+    handle: Any,
+    grid: Sequence[dict[str, float]],
+    suites: Sequence[str],
+    ctx: RunContext,
+    *,
+    method: str = "linear",
+) -> list[EvalReport]:
+    """Evaluate ``suites`` at every grid point on one in-process model (re-merged in place);
+    reference log-probs of the pair suite are computed once and shared."""
+    reports = []
+    for i, weights in enumerate(grid):
+        label = ",".join(f"{k}={v:g}" for k, v in weights.items()) or "base"
+        logger.info("grid point %d/%d: %s", i + 1, len(grid), label)
+        target = handle.target(weights, method=method, label=label)
+        reports.append(run_eval(target, suites, ctx, label=label))
+    handle.merger.restore()
+    return reports
+
+
+def grid_rows(reports: Sequence[EvalReport]) -> list[dict[str, Any]]:
+    """One row per grid point: the weights, then ``suite`` value / ci_low / ci_high columns."""
+    rows = []
+    for r in reports:
+        row: dict[str, Any] = {"label": r.label, **{f"w_{k}": v for k, v in r.weights.items()}}
+        for m in r.metrics:
+            row[m.suite] = m.value
+            row[f"{m.suite}_ci_low"], row[f"{m.suite}_ci_high"] = m.ci_low, m.ci_high
+        rows.append(row)
+    return rows
+
+
+def write_grid_csv(reports: Sequence[EvalReport], path: str | Path) -> Path:
+    rows = grid_rows(reports)
+    cols: list[str] = []
+    for row in rows:
+        cols += [c for c in row if c not in cols]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    return Path(path)
+
+
+def write_grid_json(reports: Sequence[EvalReport], path: str | Path) -> Path:
+    Path(path).write_text(json.dumps([r.to_dict() for r in reports], indent=1, default=str))
+    return Path(path)
+
+
+def plot_pareto(
+    reports: Sequence[EvalReport], x: str, y: str, path: str | Path
+) -> tuple[Path, list[int]]:
+    """Scatter every grid point on suites ``x`` and ``y`` with 95% intervals, the front joined.
+
+    Returns:
+        The PNG path and the indices of the front. Needs the ``plot`` extra (matplotlib).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the Pareto plot needs matplotlib: pip install 'prefvec[plot]'", field="plot"
+        ) from exc
+    mx, my = [r.metric(x) for r in reports], [r.metric(y) for r in reports]
+    pts = [(a.value, b.value) for a, b in zip(mx, my, strict=True)]
+    front = pareto_front(pts, (mx[0].higher_is_better, my[0].higher_is_better))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    for r, a, b in zip(reports, mx, my, strict=True):
+        ax.errorbar(a.value, b.value, xerr=[[a.value - a.ci_low], [a.ci_high - a.value]],
+                    yerr=[[b.value - b.ci_low], [b.ci_high - b.value]], fmt="o", ms=4,
+                    color="tab:gray", alpha=0.6, lw=0.8)  # fmt: skip
+        ax.annotate(r.label, (a.value, b.value), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")  # fmt: skip
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-o", color="tab:red",
+            label="Pareto front")  # fmt: skip
+    arrow = {True: "higher is better", False: "lower is better"}
+    ax.set_xlabel(f"{x} {mx[0].metric} ({arrow[mx[0].higher_is_better]})")
+    ax.set_ylabel(f"{y} {my[0].metric} ({arrow[my[0].higher_is_better]})")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path), front

@@ -1,0 +1,75 @@
+"""The README results table, generated from eval JSON files (``prefvec eval table``).
+
+Rows are runs (one per ``eval run`` JSON, or one per grid point of an ``eval grid`` JSON), columns
+are suites; each cell is ``value [95% CI low, high]``. With ``readme=``, the table replaces the text
+between :data:`START` and :data:`END` in that file (markers added at the end when absent).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from prefvec.evaluation.runner import EvalReport
+from prefvec.evaluation.suites import GROUPS, SUITES
+
+START = "<!-- prefvec-eval-table:start -->"
+END = "<!-- prefvec-eval-table:end -->"
+
+
+def load_reports(paths: Sequence[str | Path]) -> list[EvalReport]:
+    """Reports from ``eval run`` JSONs (one object) and ``eval grid`` JSONs (a list), in order."""
+    out: list[EvalReport] = []
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        out += [EvalReport.from_dict(d) for d in (data if isinstance(data, list) else [data])]
+    return out
+
+
+def _columns(reports: Sequence[EvalReport]) -> list[str]:
+    present = {m.suite for r in reports for m in r.metrics}
+    order = [s for s in GROUPS["all"] if s in present]
+    return order + sorted(present - set(order))
+
+
+def format_cell(value: float, lo: float, hi: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def markdown_table(reports: Sequence[EvalReport], digits: int = 2) -> str:
+    """A Markdown table: one row per report, one column per suite, plus n per column."""
+    cols = _columns(reports)
+
+    def head(s: str) -> str:
+        suite = SUITES.get(s)
+        arrow = "" if suite is None else (" ↑" if suite.higher_is_better else " ↓")
+        metric = suite.metric if suite else ""
+        return f"{s}<br>{metric}{arrow}"
+
+    lines = ["| run | " + " | ".join(head(c) for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]  # fmt: skip
+    for r in reports:
+        cells = []
+        for c in cols:
+            m = next((m for m in r.metrics if m.suite == c), None)
+            cells.append("–" if m is None else format_cell(m.value, m.ci_low, m.ci_high, digits))
+        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    ns = {m.suite: m.n for r in reports for m in r.metrics}
+    lines.append("| *n* | " + " | ".join(str(ns.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: str | Path, table: str) -> Path:
+    """Replace the text between the markers in ``readme`` with ``table`` (append when absent)."""
+    path = Path(readme)
+    text = path.read_text() if path.exists() else ""
+    block = f"{START}\n{table}{END}"
+    if START in text and END in text:
+        pre, rest = text.split(START, 1)
+        post = rest.split(END, 1)[1]
+        text = pre + block + post
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+    return path

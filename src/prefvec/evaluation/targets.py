@@ -1,0 +1,303 @@
+"""What an evaluation runs against: a model in this process, or a prefvec server over HTTP.
+
+Both give greedy chat replies (``generate``). Only the in-process target gives log-likelihoods
+(``logprobs``), which the multiple-choice and implicit-reward suites need: the server's
+OpenAI-compatible routes return no prompt log-probabilities (``logprobs`` is always null).
+
+Log-likelihood of a reply ``y`` to chat ``x``: the chat template renders ``x`` with the generation
+prompt, ``y`` is tokenised on its own (no special tokens) and appended, and
+``log p(y | x) = Σ_t log softmax(logits_{t-1})[y_t]`` over the reply tokens only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prefvec.errors import ValidationError
+
+logger = logging.getLogger(__name__)
+Message = dict[str, str]
+Chat = Sequence[Mapping[str, str]]
+
+
+def as_messages(prompt: str | Chat) -> list[Message]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def chat_prompt_ids(tokenizer: Any, prompt: str | Chat) -> list[int]:
+    """Token ids of a chat with the generation prompt (what the server encodes too)."""
+    messages = as_messages(prompt)
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model: Any, pad_id: int, batch: Sequence[tuple[list[int], list[int]]]
+) -> list[float]:
+    """Σ log p(continuation | context) for each (context ids, continuation ids), one forward.
+
+    Sequences are right-padded; position ``t`` of the continuation is scored by the logits at
+    ``t - 1``.
+    """
+    seqs = [ctx + cont for ctx, cont in batch]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    device = next(model.parameters()).device
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    out = []
+    for i, (ctx, cont) in enumerate(batch):
+        pos = torch.arange(len(ctx), len(ctx) + len(cont), device=device)  # reply positions
+        tok = ids[i, len(ctx) : len(ctx) + len(cont)].to(device)
+        out.append(float(logp[i, pos - 1, tok].sum()))
+    return out
+
+
+@dataclass
+class InProcessTarget:
+    """A causal LM in this process, optionally with a merged delta applied in place.
+
+    Args:
+        model: the (already merged, if any) causal LM.
+        tokenizer: its tokenizer (chat template used for prompts).
+        label: what the results name this target (e.g. the recipe key).
+        merger: the :class:`~prefvec.merging.ModelMerger` holding the base copy, when merged;
+            needed for reference log-probs (implicit reward).
+        max_length: longest scored sequence; the context is cut from the left beyond it.
+    """
+
+    model: Any
+    tokenizer: Any
+    label: str = "base"
+    merger: Any = None
+    max_length: int = 512
+    batch_size: int = 8
+    weights: dict[str, float] = field(default_factory=dict)
+    supports_logprobs: bool = True
+    _delta: dict[str, torch.Tensor] | None = None
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        pid = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return int(pid or 0)
+
+    def _pair_ids(self, prompt: str | Chat, reply: str) -> tuple[list[int], list[int]]:
+        ctx = chat_prompt_ids(self.tokenizer, prompt)
+        cont = list(self.tokenizer(reply, add_special_tokens=False)["input_ids"])[: self.max_length]
+        keep = max(1, self.max_length - len(cont))
+        return ctx[-keep:], cont
+
+    def logprobs(self, requests: Sequence[tuple[str | Chat, str]]) -> list[float]:
+        """``log p(reply | prompt)`` for each ``(prompt, reply)`` (prompt: text or chat)."""
+        pairs = [self._pair_ids(p, r) for p, r in requests]
+        order = sorted(range(len(pairs)), key=lambda i: -sum(map(len, pairs[i])))
+        out = [0.0] * len(pairs)
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s : s + self.batch_size]
+            for i, v in zip(
+                idx,
+                sequence_logprobs(self.model, self.pad_id, [pairs[i] for i in idx]),
+                strict=True,
+            ):
+                out[i] = v
+        return out
+
+    @contextmanager
+    def reference(self) -> Iterator[InProcessTarget]:
+        """Temporarily the base model (bit-exact restore), then the merge again."""
+        if self.merger is None or not self._delta:
+            yield self
+            return
+        self.merger.restore()
+        try:
+            yield self
+        finally:
+            self.merger.apply_merged(self._delta)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str | Chat], max_new_tokens: int = 64) -> list[str]:
+        """Greedy replies, decoded without special tokens; prompts are batched by length
+        (left-padded) and the replies returned in the input order."""
+        encoded = [chat_prompt_ids(self.tokenizer, p) for p in prompts]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out = [""] * len(encoded)
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s : s + self.batch_size]
+            replies = self._generate_batch([encoded[i] for i in idx], max_new_tokens)
+            for i, text in zip(idx, replies, strict=True):
+                out[i] = text
+        return out
+
+    def _generate_batch(self, batch: list[list[int]], max_new_tokens: int) -> list[str]:
+        tok, eos = self.tokenizer, self.tokenizer.eos_token_id
+        device = next(self.model.parameters()).device
+        width = max(len(b) for b in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros_like(ids)
+        for i, b in enumerate(batch):
+            ids[i, width - len(b) :] = torch.tensor(b)
+            mask[i, width - len(b) :] = 1
+        gen = self.model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+            pad_token_id=self.pad_id,
+        )  # fmt: skip
+        out = []
+        for row in gen[:, width:].tolist():
+            if eos in row:
+                row = row[: row.index(eos)]
+            out.append(str(tok.decode(row, skip_special_tokens=True)))
+        return out
+
+
+@dataclass
+class ServerTarget:
+    """A prefvec (or any OpenAI-compatible) server: greedy chat replies only.
+
+    Args:
+        client: a :class:`~prefvec.clients.PrefvecClient`.
+        preferences: ``{vector: weight}`` sent with every request.
+        recipe: a recipe name instead of ``preferences``.
+        concurrency: requests in flight at once (the server batches them).
+    """
+
+    client: Any
+    preferences: dict[str, float] = field(default_factory=dict)
+    recipe: str | None = None
+    label: str = "server"
+    concurrency: int = 8
+    model: str | None = None
+    supports_logprobs: bool = False
+
+    def _one(self, prompt: str | Chat, max_new_tokens: int) -> str:
+        opts: dict[str, Any] = {"max_tokens": max_new_tokens, "temperature": 0.0}
+        if self.preferences:
+            opts["preferences"] = self.preferences
+        if self.recipe:
+            opts["recipe"] = self.recipe
+        if self.model:
+            opts["model"] = self.model
+        r = self.client.chat(as_messages(prompt), **opts)
+        return str(r.choices[0].message.content)
+
+    def generate(self, prompts: Sequence[str | Chat], max_new_tokens: int = 64) -> list[str]:
+        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
+            return list(pool.map(lambda p: self._one(p, max_new_tokens), prompts))
+
+    def logprobs(self, requests: Sequence[tuple[str | Chat, str]]) -> list[float]:
+        raise ValidationError(
+            "log-likelihood suites need an in-process target: the server returns no prompt "
+            "log-probabilities",
+            field="suites",
+        )
+
+    @contextmanager
+    def reference(self) -> Iterator[ServerTarget]:
+        yield self
+
+
+class ModelHandle:
+    """A base model loaded once, re-merged in place for each weight setting (grids reuse it).
+
+    Vectors are looked up by name first as ``<vectors_dir>/<name>.safetensors``, then in the
+    local store (``name`` or ``name@version``).
+
+    Args:
+        base: ``bundled:<name>``, a model folder, or a cached hub id.
+        store_dir: local store root (optional).
+        vectors_dir: folder of loose vector files (optional).
+        dtype: torch dtype name (``float32``, ``bfloat16``).
+    """
+
+    def __init__(
+        self,
+        base: str,
+        *,
+        store_dir: str | None = None,
+        vectors_dir: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        home: str | None = None,
+        batch_size: int = 8,
+        max_length: int = 512,
+    ) -> None:
+        from prefvec.merging import ModelMerger
+        from prefvec.models import load_base, parse_dtype
+
+        self.loaded = load_base(base, dtype=parse_dtype(dtype), device=device, home=home)
+        self.loaded.model.eval()
+        self.merger = ModelMerger(self.loaded.model)
+        self.store_dir, self.vectors_dir = store_dir, vectors_dir
+        self.batch_size, self.max_length = batch_size, max_length
+        self._vectors: dict[str, Any] = {}
+
+    def vector(self, ref: str) -> Any:
+        """The :class:`~prefvec.vector_store.PreferenceVector` for ``ref`` (cached)."""
+        from pathlib import Path
+
+        from prefvec.errors import NotFoundError
+        from prefvec.vector_store import PreferenceVector
+
+        if ref not in self._vectors:
+            path = Path(self.vectors_dir or "") / f"{ref}.safetensors"
+            if self.vectors_dir and path.is_file():
+                self._vectors[ref] = PreferenceVector.load(path)
+            elif self.store_dir:
+                from prefvec.vector_store import LocalStore
+
+                self._vectors[ref] = LocalStore(self.store_dir, base=None).get(ref)
+            else:
+                raise NotFoundError(
+                    f"`weights` names vector {ref!r}: not in `vectors_dir` "
+                    f"{self.vectors_dir!r} and no `store_dir` given",
+                    field="weights",
+                )
+        return self._vectors[ref]
+
+    def target(
+        self,
+        weights: Mapping[str, float],
+        *,
+        method: str = "linear",
+        density: float = 1.0,
+        seed: int = 0,
+        label: str | None = None,
+    ) -> InProcessTarget:
+        """Merge ``θ_base + merge(weights)`` in place and return the target on it."""
+        from prefvec.merging import MergeSpec
+        from prefvec.merging.resolve import ResolvedMerge, merged_delta
+
+        vectors = {}
+        pinned: dict[str, float] = {}
+        for ref, w in weights.items():
+            vec = self.vector(ref)
+            key = f"{vec.metadata.name}@{vec.metadata.version or 0}"
+            vectors[key] = vec
+            pinned[key] = pinned.get(key, 0.0) + float(w)
+        spec = MergeSpec(method=method, weights=tuple(pinned.items()), density=density, seed=seed)
+        delta = merged_delta(ResolvedMerge(spec=spec, vectors=vectors))
+        self.merger.apply_merged(delta, key=spec.key)
+        return InProcessTarget(
+            model=self.loaded.model, tokenizer=self.loaded.tokenizer,
+            label=label or ("base" if spec.is_base else spec.key), merger=self.merger,
+            max_length=self.max_length, batch_size=self.batch_size,
+            weights=dict(weights), _delta=delta,
+        )  # fmt: skip

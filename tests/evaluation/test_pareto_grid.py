@@ -1,0 +1,72 @@
+"""Pareto front on a hand-made point set; weight grids; a grid run on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from prefvec.errors import ValidationError
+from prefvec.evaluation.grid import pareto_front, run_grid, weight_grid, write_grid_csv
+from prefvec.evaluation.runner import RunContext
+
+
+def test_pareto_front_hand_made() -> None:
+    pts = [(1, 5), (2, 4), (3, 3), (2, 2), (1, 1), (3, 1), (0, 5), (3, 3)]
+    # maximise both: (1,5),(2,4),(3,3) and its duplicate are non-dominated;
+    # (0,5) is dominated by (1,5)
+    assert pareto_front(pts) == [0, 1, 2, 7]
+    # maximise x, minimise y: (3,1) dominates everything with x <= 3 and y >= 1 except (1,1) ties y
+    assert set(pareto_front(pts, (True, False))) == {5}
+    assert set(pareto_front([(0, 0), (1, -1), (-1, 1)])) == {0, 1, 2}
+
+
+def test_weight_grid_negatives() -> None:
+    g = weight_grid(["a", "b"], [-1.0, 0.0, 1.0])
+    assert len(g) == 9 and {"a": -1.0, "b": 1.0} in g
+    assert len(weight_grid(["a", "b", "c"], [0.0, 1.0])) == 8
+    with pytest.raises(ValidationError):
+        weight_grid(["a", "b", "c", "d"], [1.0])
+    with pytest.raises(ValidationError):
+        weight_grid(["a", "a"], [1.0])
+
+
+def test_run_grid_tiny(handle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    before = {k: v.clone() for k, v in handle.loaded.model.state_dict().items()}
+    ctx = RunContext(limit=4, progress=False)
+    reports = run_grid(handle, weight_grid(["helpful"], [-1.0, 0.0, 1.0]),
+                       ["hhh_helpful", "hh_rlhf_pairs"], ctx)  # fmt: skip
+    assert [r.label for r in reports] == ["helpful=-1", "helpful=0", "helpful=1"]
+    # at weight 0 the policy is the reference: every pair ties -> exactly 1/2
+    assert reports[1].metric("hh_rlhf_pairs").value == 0.5
+    # +1 and -1 flip the sign of every implicit-reward margin: outcomes mirror each other
+    plus = [r["outcome"] for r in reports[2].items["hh_rlhf_pairs"]]
+    minus = [r["outcome"] for r in reports[0].items["hh_rlhf_pairs"]]
+    assert plus != minus
+    # merging changed the log-likelihoods, and the base is restored bit-exactly afterwards
+    lp = [r.items["hhh_helpful"][0]["logprobs"] for r in reports]
+    assert lp[0] != lp[1] != lp[2]
+    for k, v in handle.loaded.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with open(write_grid_csv(reports, tmp_path / "g.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert rows[2]["w_helpful"] == "1.0" and float(rows[1]["hh_rlhf_pairs"]) == 0.5
+
+
+def test_plot_pareto(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from prefvec.evaluation.grid import plot_pareto
+    from prefvec.evaluation.runner import EvalReport, Metric
+
+    def rep(label: str, x: float, y: float) -> EvalReport:
+        a = Metric("advbench", "refusal_rate", "harmless", x, x - 0.1, x + 0.1, 10, True, "wilson")
+        b = Metric("xstest_safe", "over_refusal_rate", "helpful", y, y - 0.1, y + 0.1, 10, False,
+                   "wilson")  # fmt: skip
+        return EvalReport(label, {}, {}, metrics=[a, b])
+
+    reports = [rep("a", 0.2, 0.1), rep("b", 0.5, 0.3), rep("c", 0.4, 0.4), rep("d", 0.9, 0.8)]
+    png, front = plot_pareto(reports, "advbench", "xstest_safe", tmp_path / "p.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert front == [0, 1, 3]  # c is dominated by b (less refusal of harm, more over-refusal)
