@@ -1,0 +1,268 @@
+"""Benchmark 4: the HTTP server under load on loopback (bounded in requests and time).
+
+Starts the prefvec app with uvicorn in a background thread (same process), a store holding three
+rank-16 low-rank vectors and one dense vector (q/o projections), and a recipe ``fixed`` over the
+dense vector and one low-rank vector (dense path: one cached merge shared by every batch). A load
+generator (httpx, asyncio) then keeps C requests in flight, C = 1, 4, 8, 16, against
+``POST /v1/completions`` (greedy, fixed ``max_tokens``), in two workloads:
+
+* ``distinct``: every request its own weights over the three low-rank vectors (low-rank mixing);
+* ``recipe``: every request names the recipe ``fixed``.
+
+Reported per level: completion tokens/s, requests/s, p50/p99 latency. Targets: throughput at C=8
+≥ 3× C=1; HTTP + scheduling overhead at C=1 ≤ 5% of in-process generation (the same engine called
+directly, ``Engine.generate``, same prompt, weights and token count).
+
+Run: ``python bench/serve.py [--quick] [--device cuda] [--out results/serve.json]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from bench.common import (
+    Report,
+    command_line,
+    lowrank_vector,
+    median,
+    model_spec,
+    parser,
+    percentile,
+    random_factors,
+    setup,
+)
+
+PROMPTS = [
+    "Once upon a time, in a village by the sea,",
+    "The history of the bicycle begins",
+    "Here is a short story about a robot who",
+    "The most important thing about cooking pasta is",
+]
+REFS = ("v0", "v1", "v2")
+
+
+def fill_store(root: Path, spec: str) -> None:
+    """Three low-rank vectors, one dense vector (q/o projections) and the recipe ``fixed``."""
+    from bench.common import load
+
+    from prefvec.models import resolve_model_dir
+    from prefvec.vector_store import BaseSpec, LocalStore
+    from prefvec.vector_store.format import PreferenceVector, VectorMetadata
+
+    model_dir = resolve_model_dir(spec)
+    base = BaseSpec.from_model_dir(model_dir)
+    store = LocalStore(root, base=base)
+    model = load(spec, torch.float32, "cpu").model
+    for i, ref in enumerate(REFS):
+        store.put(lowrank_vector(base.fingerprint, ref, random_factors(model, 16, seed=60 + i)))
+    g = torch.Generator().manual_seed(70)
+    dense = {
+        n: torch.randn(p.shape, generator=g) * 1e-3
+        for n, p in model.named_parameters()
+        if n.endswith(("q_proj.weight", "o_proj.weight"))
+    }
+    meta = VectorMetadata(name="d0", kind="dense", base_fingerprint=base.fingerprint)
+    store.put(PreferenceVector(meta, dense))
+    store.put_recipe({"name": "fixed", "weights": {"d0": 1.0, "v0": 0.5}})
+
+
+class ServerThread:
+    """The prefvec app under uvicorn in a daemon thread, on a free loopback port."""
+
+    def __init__(self, settings: Any) -> None:
+        import uvicorn
+
+        from prefvec.server.app import create_app
+
+        self.app = create_app(settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{settings.port}"
+
+    def start(self, timeout: float = 300.0) -> None:
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("server did not become ready")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def body(i: int, mode: str, tokens: int) -> dict[str, Any]:
+    """Request ``i`` of a workload: distinct weights per request, or the recipe."""
+    req: dict[str, Any] = {
+        "prompt": PROMPTS[i % len(PROMPTS)],
+        "max_tokens": tokens,
+        "temperature": 0.0,
+    }
+    if mode == "recipe":
+        req["recipe"] = "fixed"
+    else:
+        rng = random.Random(i)
+        req["preferences"] = {r: round(rng.uniform(-1.0, 1.0), 3) for r in REFS}
+    return req
+
+
+async def load_level(
+    url: str, mode: str, conc: int, n_req: int, tokens: int, time_limit: float
+) -> dict[str, Any]:
+    """Keep ``conc`` requests in flight until ``n_req`` are done or ``time_limit`` passes."""
+    import httpx
+
+    lat: list[float] = []
+    produced = 0
+    next_i = 0
+    deadline = time.perf_counter() + time_limit
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal next_i, produced
+            while next_i < n_req and time.perf_counter() < deadline:
+                i, next_i = next_i, next_i + 1
+                t0 = time.perf_counter()
+                r = await client.post("/v1/completions", json=body(i, mode, tokens))
+                r.raise_for_status()
+                lat.append(time.perf_counter() - t0)
+                produced += int(r.json()["usage"]["completion_tokens"])
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        wall = time.perf_counter() - t0
+    return {
+        "requests": len(lat),
+        "tok_s": produced / wall,
+        "req_s": len(lat) / wall,
+        "p50_s": percentile(lat, 0.5),
+        "p99_s": percentile(lat, 0.99),
+        "tokens": produced,
+    }
+
+
+def in_process(state: Any, mode: str, n: int, tokens: int) -> tuple[float, int]:
+    """Median seconds of ``Engine.generate`` for requests 0..n-1 of C=1 (and tokens produced)."""
+    engine = state.engine
+    times, produced = [], 0
+    for i in range(n):
+        req = body(i, mode, tokens)
+        t0 = time.perf_counter()
+        resolved = engine.resolve(preferences=req.get("preferences"), recipe=req.get("recipe"))
+        ids = engine.encode_text(req["prompt"])
+        params = engine.sampling_params(max_tokens=tokens, temperature=0.0, prompt_len=len(ids))
+        sink = engine.generate(ids, params, resolved)
+        times.append(time.perf_counter() - t0)
+        produced += sink.usage.completion_tokens
+    return median(times), produced
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = parser("serve", __doc__.splitlines()[0])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--tokens", type=int, default=None, help="max_tokens per request")
+    p.add_argument("--levels", default=None, help="concurrency levels, e.g. 1,4,8,16")
+    p.add_argument("--time-limit", type=float, default=60.0, help="seconds per level at most")
+    args = p.parse_args(argv)
+    machine = setup(args)
+    rep = Report("serve", command_line("serve", argv), machine)
+    tokens = args.tokens or (4 if args.quick else 32)
+    levels = [int(x) for x in (args.levels or ("1,2" if args.quick else "1,4,8,16")).split(",")]
+    spec = model_spec(args)
+    root = Path(tempfile.mkdtemp(prefix="prefvec-bench-serve-"))
+    from prefvec.server.settings import ServerSettings
+
+    fill_store(root / "store", spec)
+    settings = ServerSettings(
+        base=spec,
+        store_dir=root / "store",
+        dtype=args.dtype,
+        device=args.device,
+        port=free_port(),
+        max_batch_size=8,
+        max_queue=256,
+        log_level="warning",
+    )
+    srv = ServerThread(settings)
+    srv.start()
+    try:
+        run_levels(rep, srv, args, levels, tokens)
+    finally:
+        srv.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return rep.write(args.out)
+
+
+def run_levels(rep: Report, srv: ServerThread, args: Any, levels: list[int], tokens: int) -> None:
+    """Every workload at every concurrency level, then the C=1 overhead against in-process."""
+    state = srv.app.state.prefvec
+    n1 = 2 if args.quick else 4
+    for mode in ("distinct", "recipe"):
+        asyncio.run(load_level(srv.url, mode, 1, 1, tokens, args.time_limit))  # warm-up
+        base_s, base_tok = in_process(state, mode, n1, tokens)
+        res: dict[int, dict[str, Any]] = {}
+        for c in levels:
+            n_req = n1 if c == 1 else 2 * c
+            res[c] = asyncio.run(load_level(srv.url, mode, c, n_req, tokens, args.time_limit))
+            rep.row(
+                f"C={c}",
+                section=f"workload: {mode} ({tokens} tokens/request, {args.dtype})",
+                **res[c],
+                speedup_vs_C1=res[c]["tok_s"] / res[1]["tok_s"],
+            )
+        overhead = res[1]["p50_s"] / base_s - 1.0
+        rep.row(
+            "in-process Engine.generate, C=1",
+            section=f"workload: {mode} ({tokens} tokens/request, {args.dtype})",
+            requests=n1,
+            tok_s=base_tok / (base_s * n1),
+            p50_s=base_s,
+            http_overhead=overhead,
+            http_overhead_ms=(res[1]["p50_s"] - base_s) * 1e3,
+        )
+        rep.target(
+            f"{mode}: HTTP+scheduling overhead at C=1", overhead, "<= 0.05", overhead <= 0.05
+        )
+        top = 8 if 8 in res else max(res)
+        sp = res[top]["tok_s"] / res[1]["tok_s"]
+        rep.target(f"{mode}: throughput C={top} / C=1", sp, ">= 3", sp >= 3.0)
+    rep.extra["cache_stats"] = state.backend.cache_stats()
+    rep.notes.append(
+        "server and load generator share one process (uvicorn in a thread, httpx.AsyncClient); "
+        f"C=1 sends {n1} requests, C>1 sends 2·C requests; greedy; overhead = p50 over HTTP / "
+        "median in-process - 1"
+    )
+
+
+if __name__ == "__main__":
+    main()
