@@ -1,0 +1,321 @@
+"""Training job configs: dataclasses with ``help`` metadata that double as CLI flags and YAML.
+
+A field ``foo_bar`` becomes the flag ``--foo-bar``; a YAML file given with ``--config`` fills the
+fields first and flags given on the command line override it. Defaults are the papers' defaults
+(DPO β = 0.1, RACO c = 0.4). Every config checks itself in ``__post_init__`` and raises one
+:class:`~prefvec.errors.ValidationError` listing all problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+from prefvec.errors import ValidationError
+
+DEFAULT_BASE = "bundled:smollm2-135m-instruct"
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+C = TypeVar("C")
+
+
+def _h(text: str) -> dict[str, str]:
+    """Field metadata: the help text shown by ``--help``."""
+    return {"help": text}
+
+
+@dataclass
+class CommonTrainConfig:
+    """Fields shared by every training job (base, data, optimisation, output)."""
+
+    base: str = field(
+        default=DEFAULT_BASE,
+        metadata=_h("Base model: bundled:<name>, a local folder or a cached hub id."),
+    )
+    data: list[str] = field(
+        default_factory=lambda: [],
+        metadata=_h("Data files (default: the bundled sets of the preference)."),
+    )
+    data_dir: str | None = field(
+        default=None, metadata=_h("Folder of the bundled data sets (default: the repo's data/).")
+    )
+    val_fraction: float = field(
+        default=0.1, metadata=_h("Share of prompts held out for validation (split by hash).")
+    )
+    max_train_pairs: int | None = field(
+        default=None, metadata=_h("Use at most this many training pairs (after split).")
+    )
+    max_val_pairs: int | None = field(
+        default=64, metadata=_h("Evaluate on at most this many validation pairs.")
+    )
+    use_lora: bool = field(default=True, metadata=_h("Train LoRA adapters (else the full model)."))
+    lora_r: int = field(default=8, metadata=_h("LoRA rank."))
+    lora_alpha: int = field(default=16, metadata=_h("LoRA alpha (PEFT scaling alpha/r)."))
+    lora_targets: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGETS), metadata=_h("Module names LoRA adapts.")
+    )
+    lora_layers: list[int] = field(
+        default_factory=lambda: [],
+        metadata=_h("Only these decoder layer indices get LoRA (empty: all layers)."),
+    )
+    beta: float = field(default=0.1, metadata=_h("DPO β (temperature of the implicit reward)."))
+    steps: int = field(default=100, metadata=_h("Optimizer steps."))
+    learning_rate: float = field(
+        default=5e-4, metadata=_h("Peak learning rate (LoRA); use ~5e-6 for full fine-tuning.")
+    )
+    batch_size: int = field(default=4, metadata=_h("Pairs per micro-batch."))
+    grad_accum: int = field(default=1, metadata=_h("Micro-batches per optimizer step."))
+    max_length: int = field(
+        default=320,
+        metadata=_h("Max tokens of prompt + reply (longer sequences are cut at the end)."),
+    )
+    max_prompt_length: int = field(
+        default=192, metadata=_h("Max prompt tokens (longer prompts keep their end).")
+    )
+    seed: int = field(default=0, metadata=_h("Seed of the split, the shuffling and the LoRA init."))
+    device: str = field(default="auto", metadata=_h("cpu, cuda, or auto."))
+    dtype: str = field(
+        default="float32",
+        metadata=_h("Training dtype: float32, or bfloat16 on GPUs that support it."),
+    )
+    output_dir: str = field(
+        default="out/train", metadata=_h("Folder for checkpoints, adapters and curves.")
+    )
+    store_dir: str | None = field(
+        default=None,
+        metadata=_h("Vector store to put the result in (default: ~/.cache/prefvec/store)."),
+    )
+    vector_dtype: str = field(
+        default="float32",
+        metadata=_h("dtype of the vector's tensors: float32, float16 or bfloat16."),
+    )
+    no_store: bool = field(default=False, metadata=_h("Do not put the result into the store."))
+    save_vector: str | None = field(
+        default=None,
+        metadata=_h("Also write the vector file here (e.g. vectors/helpful.safetensors)."),
+    )
+    logging_steps: int = field(default=5, metadata=_h("Log loss / reward accuracy every N steps."))
+    save_steps: int = field(
+        default=50, metadata=_h("Checkpoint every N steps (resume picks up the latest).")
+    )
+    resume: bool = field(
+        default=True,
+        metadata=_h("Resume from the latest checkpoint in output_dir if there is one."),
+    )
+    progress: bool = field(default=True, metadata=_h("Show progress bars."))
+
+    def _problems(self) -> list[str]:
+        p = []
+        if not (0.0 <= self.val_fraction < 1.0):
+            p.append(f"`val_fraction` must be in [0, 1), got {self.val_fraction}")
+        for name in ("lora_r", "steps", "batch_size", "grad_accum", "max_length", "logging_steps"):
+            if getattr(self, name) < 1:
+                p.append(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        for name in ("beta", "learning_rate"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                p.append(f"`{name}` must be a finite number > 0, got {v}")
+        if self.max_prompt_length >= self.max_length:
+            p.append(
+                f"`max_prompt_length` must be < `max_length`, got {self.max_prompt_length} "
+                f">= {self.max_length}"
+            )
+        for name in ("dtype", "vector_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                p.append(
+                    f"`{name}` must be float32, bfloat16 or float16, got {getattr(self, name)!r}"
+                )
+        return p
+
+    def __post_init__(self) -> None:
+        problems = self._problems()
+        if problems:
+            raise ValidationError("; ".join(problems), problems=problems, field="config")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DPOJobConfig(CommonTrainConfig):
+    """One preference vector: DPO θ+ and label-swapped θ− from the same base, φ = θ+ − θ−."""
+
+    preference: str = field(
+        default="helpful", metadata=_h("Preference (vector) name: helpful, harmless, truthful, ...")
+    )
+    method: str = field(
+        default="contrast", metadata=_h("contrast (θ+ − θ−) or positive_only (θ+ − θ_base).")
+    )
+    name: str | None = field(
+        default=None, metadata=_h("Vector name in the store (default: the preference).")
+    )
+
+    def _problems(self) -> list[str]:
+        p = super()._problems()
+        if self.method not in ("contrast", "positive_only"):
+            p.append(f"`method` must be contrast or positive_only, got {self.method!r}")
+        return p
+
+
+@dataclass
+class RacoJobConfig(CommonTrainConfig):
+    """One model for K preferences at once (RACO, or its weighted-sum / CAGrad baselines)."""
+
+    preferences: list[str] = field(
+        default_factory=lambda: ["helpful", "harmless"],
+        metadata=_h("The K objectives (preference names)."),
+    )
+    weights: list[float] = field(
+        default_factory=lambda: [],
+        metadata=_h("User weights w on the simplex, one per preference (default uniform)."),
+    )
+    mode: str = field(
+        default="raco",
+        metadata=_h("raco (clipped CAGrad), cagrad (unclipped) or weighted_sum (plain DPO)."),
+    )
+    c: float = field(default=0.4, metadata=_h("CAGrad radius c (RACO default 0.4)."))
+    rescale: bool = field(
+        default=False, metadata=_h("Divide the update by 1 + c (keeps step sizes comparable).")
+    )
+    data_per_preference: list[str] = field(
+        default_factory=lambda: [],
+        metadata=_h("Per-preference data as pref=file.jsonl (default: the bundled sets)."),
+    )
+    name: str | None = field(
+        default=None, metadata=_h("Vector name for θ_RACO − θ_base (default: raco-<prefs>).")
+    )
+    learning_rate: float = field(default=5e-4, metadata=_h("Learning rate (AdamW)."))
+
+    def _problems(self) -> list[str]:
+        p = super()._problems()
+        k = len(self.preferences)
+        if k < 2:
+            p.append(f"`preferences` needs at least 2 names, got {self.preferences}")
+        if self.mode not in ("raco", "cagrad", "weighted_sum"):
+            p.append(f"`mode` must be raco, cagrad or weighted_sum, got {self.mode!r}")
+        if not (math.isfinite(self.c) and self.c >= 0):
+            p.append(f"`c` must be a finite number >= 0, got {self.c}")
+        if self.weights:
+            if len(self.weights) != k:
+                p.append(f"`weights` needs {k} values, got {len(self.weights)}")
+            elif any(not math.isfinite(w) or w < 0 for w in self.weights) or not math.isclose(
+                sum(self.weights), 1.0, abs_tol=1e-6
+            ):
+                p.append(f"`weights` must be >= 0 and sum to 1 (the simplex), got {self.weights}")
+        return p
+
+    @property
+    def simplex_weights(self) -> list[float]:
+        k = len(self.preferences)
+        return list(self.weights) if self.weights else [1.0 / k] * k
+
+
+@dataclass
+class SequentialJobConfig(CommonTrainConfig):
+    """MORA-style sequential alignment: DPO on one preference after another, each from the last."""
+
+    preferences: list[str] = field(
+        default_factory=lambda: ["helpful", "harmless", "truthful"],
+        metadata=_h("Preferences, in order."),
+    )
+    name: str | None = field(
+        default=None, metadata=_h("Vector name for θ_final − θ_base (default: seq-<prefs>).")
+    )
+    data_per_preference: list[str] = field(
+        default_factory=lambda: [],
+        metadata=_h(
+            "Per-preference data as pref=file.jsonl (default: --data or the bundled sets)."
+        ),
+    )
+
+
+def data_for(cfg: CommonTrainConfig, preference: str) -> list[str]:
+    """Data files of one preference: its ``pref=file`` entry, else ``cfg.data`` (else bundled)."""
+    entries = getattr(cfg, "data_per_preference", [])
+    problems = [e for e in entries if "=" not in e]
+    if problems:
+        raise ValidationError(
+            f"`data_per_preference` items must be pref=file, got {problems}",
+            field="data_per_preference",
+        )
+    files = [e.split("=", 1)[1] for e in entries if e.split("=", 1)[0] == preference]
+    return files or list(cfg.data)
+
+
+# ------------------------------------------------------------------------------ CLI and YAML
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(scalar type, is_list) of a field annotation like ``int | None`` or ``list[str]``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    if origin is list:
+        return typing.get_args(tp)[0], True
+    return tp, False
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add ``--config`` and one flag per dataclass field (defaults left unset: YAML may fill)."""
+    parser.add_argument("--config", default=None, help="YAML file with the fields below.")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, is_list = _base_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        factory: Any = f.default_factory
+        default = f.default if f.default is not dataclasses.MISSING else factory()
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if tp is bool:
+            parser.add_argument(
+                flag, type=_parse_bool, nargs="?", const=True, default=None, help=help_text
+            )
+        else:
+            conv = {"int": int, "float": float}.get(getattr(tp, "__name__", ""), str)
+            parser.add_argument(
+                flag, type=conv, nargs="+" if is_list else None, default=None, help=help_text
+            )
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of config fields."""
+    import yaml
+
+    text = Path(path).read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValidationError(f"`--config` {str(path)!r} must hold a mapping", field="config")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(cls: type[C], values: dict[str, Any] | None = None, **overrides: Any) -> C:
+    """Construct ``cls`` from a mapping plus overrides, rejecting unknown keys by name."""
+    merged = {**(values or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise ValidationError(
+            f"unknown config fields {unknown}; known: {sorted(known)}", field="config"
+        )
+    return cls(**merged)
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """YAML (``--config``) first, then every flag given on the command line."""
+    values = load_yaml(args.config) if getattr(args, "config", None) else {}
+    flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return build_config(cls, values, **flags)

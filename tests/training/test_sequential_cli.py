@@ -1,0 +1,95 @@
+"""Sequential alignment, the config dataclasses as CLI flags / YAML, and the train CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from prefvec.errors import ValidationError
+from prefvec.training.cli import main, register
+from prefvec.training.config import DPOJobConfig, RacoJobConfig, config_from_args
+from tests.training.conftest import write_pairs
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="cmd"))
+    return parser
+
+
+def test_flags_override_yaml(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "job.yaml"
+    cfg_file.write_text(
+        "preference: harmless\nsteps: 7\nbeta: 0.2\nlora_targets: [q_proj]\nuse_lora: false\n"
+    )
+    args = _parser().parse_args(
+        ["train", "dpo", "--config", str(cfg_file), "--steps", "9", "--lora-r", "4"]
+    )
+    cfg = config_from_args(DPOJobConfig, args)
+    assert (cfg.preference, cfg.steps, cfg.beta, cfg.lora_r) == ("harmless", 9, 0.2, 4)
+    assert cfg.lora_targets == ["q_proj"] and cfg.use_lora is False
+    args = _parser().parse_args(
+        ["train", "raco", "--preferences", "a", "b", "--weights", "0.3", "0.7"]
+    )
+    raco = config_from_args(RacoJobConfig, args)
+    assert raco.simplex_weights == [0.3, 0.7] and raco.c == 0.4 and raco.mode == "raco"
+
+
+def test_config_validation_collects_problems(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as err:
+        DPOJobConfig(beta=0.0, steps=0, method="nope")
+    assert len(err.value.problems) == 3 and "`beta`" in err.value.message
+    with pytest.raises(ValidationError, match="simplex"):
+        RacoJobConfig(preferences=["a", "b"], weights=[0.9, 0.9])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 3\n")
+    args = _parser().parse_args(["train", "dpo", "--config", str(bad)])
+    with pytest.raises(ValidationError, match="stepz"):
+        config_from_args(DPOJobConfig, args)
+
+
+def test_sequential_vector_is_the_sum_of_stages(tiny_base_dir: Path, tmp_path: Path) -> None:
+    a = write_pairs(tmp_path / "a.jsonl", 12, "yes yes", "no no", tag="A ")
+    b = write_pairs(tmp_path / "b.jsonl", 12, "sure", "never", tag="B ")
+    out = tmp_path / "seq"
+    store, saved = str(tmp_path / "store"), str(tmp_path / "seq.safetensors")
+    rc = main([
+        "sequential", "--base", str(tiny_base_dir), "--preferences", "a", "b",
+        "--data-per-preference", f"a={a}", f"b={b}", "--steps", "3", "--batch-size", "4",
+        "--lora-r", "2", "--lora-targets", "q_proj", "v_proj", "--learning-rate", "0.01",
+        "--max-length", "48", "--max-prompt-length", "24", "--output-dir", str(out),
+        "--store-dir", store, "--save-vector", saved, "--progress", "false", "--device", "cpu",
+    ])  # fmt: skip
+    assert rc == 0
+    from prefvec.vector_store import PreferenceVector
+    from prefvec.vector_store.extract import load_state
+
+    vec = PreferenceVector.load(tmp_path / "seq.safetensors")
+    assert vec.kind == "lowrank" and vec.metadata.rank == 4  # two stages of rank 2
+    final = load_state(out / "stage1-b" / "merged")
+    base = load_state(tiny_base_dir)
+    for name, delta in vec.to_dense().items():
+        torch.testing.assert_close(base[name] + delta, final[name], rtol=0, atol=1e-6)
+    report = json.loads((out / "report.json").read_text())
+    assert [s["preference"] for s in report["stages"]] == ["a", "b"]
+
+
+def test_cli_reports_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dpo", "--beta", "-1", "--no-store", "true"]) == 2
+    assert "`beta`" in capsys.readouterr().err
+
+
+def test_main_cli_exposes_train_commands() -> None:
+    from prefvec.cli import build_parser
+
+    args = build_parser().parse_args(["train", "dpo", "--preference", "truthful", "--steps", "3"])
+    cfg = config_from_args(DPOJobConfig, args)
+    assert (cfg.preference, cfg.steps, cfg.beta) == ("truthful", 3, 0.1)
+    args = build_parser().parse_args(
+        ["train", "sequential", "--preferences", "harmless", "helpful"]
+    )
+    assert args.func.__name__ == "cmd_sequential"
