@@ -280,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # one INFO line per HTTP request drowns the client commands' output
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     from prefvec.errors import PrefvecError
 
     try:
