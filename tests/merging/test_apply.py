@@ -135,3 +135,69 @@ def test_bf16_model_casts_once(tiny_base_dir, delta_pos) -> None:
     assert torch.equal(model.get_parameter(EMBED), expected)
     merger.restore()
     _assert_params_equal(model, base)
+
+
+def _oracle(base: dict[str, torch.Tensor], pairs, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Unfused reference: copy the base, then ``add_(δ, alpha=w)`` per vector, per tensor."""
+    out = {n: t.to(dtype).clone() for n, t in base.items()}
+    for delta, w in pairs:
+        for n, t in delta.items():
+            out[n].add_(t.to(dtype), alpha=w)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_apply_bit_exact_vs_unfused_oracle(tiny_base_dir, delta_pos, delta_neg, dtype):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, dtype=dtype)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    merger = ModelMerger(model)
+    layer0 = {n: t for n, t in delta_pos.items() if "layers.0" in n}
+    layer1 = {n: t for n, t in delta_neg.items() if "layers.1" in n}
+    # merge 1 touches every parameter; merge 2's first delta covers only layer 0 and its second
+    # only layer 1: everything else dirty from merge 1 must be back at the base, bit-exact
+    merger.apply([(delta_pos, 0.7), (delta_neg, -0.3), (delta_pos, 0.1)])
+    _assert_params_equal(
+        model, _oracle(base, [(delta_pos, 0.7), (delta_neg, -0.3), (delta_pos, 0.1)], dtype)
+    )
+    merger.apply([(layer0, 1.25), (layer1, -0.5)], key="k")
+    _assert_params_equal(model, _oracle(base, [(layer0, 1.25), (layer1, -0.5)], dtype))
+    assert merger.dirty == frozenset(layer0) | frozenset(layer1)
+    merger.apply([(delta_neg, 0.0)])  # only weight 0: a plain restore
+    assert not merger.dirty
+    _assert_params_equal(model, base)
+
+
+def test_load_weights_restores_params_it_does_not_cover(base_model, delta_pos, base_params):
+    merger = ModelMerger(base_model)
+    layer0 = {n: t for n, t in delta_pos.items() if "layers.0" in n}
+    merger.apply([(layer0, 1.0)], key="a")
+    snap_a = merger.snapshot()
+    merged_a = {n: p.detach().clone() for n, p in base_model.named_parameters()}
+    merger.apply([(delta_pos, -2.0)], key="b")  # touches every parameter
+    merger.load_weights(snap_a, key="a")
+    _assert_params_equal(base_model, merged_a)  # layer 0 merged, the rest at the base exactly
+    assert merger.dirty == frozenset(layer0)
+    for n, p in base_model.named_parameters():
+        if n not in layer0:
+            assert torch.equal(p, base_params[n]), n
+    merger.restore()
+    _assert_params_equal(base_model, base_params)
+
+
+def test_snapshot_into_buffers(base_model, delta_pos) -> None:
+    merger = ModelMerger(base_model)
+    merger.apply([(delta_pos, 1.0)])
+    first = merger.snapshot()
+    merger.apply([(delta_pos, -1.0)])
+    bad = torch.zeros(3)
+    out = {**first, EMBED: bad}  # wrong shape: cloned instead
+    snap = merger.snapshot(out=out)
+    for n, t in snap.items():
+        assert torch.equal(t, base_model.get_parameter(n)), n
+        assert t.data_ptr() != base_model.get_parameter(n).data_ptr()
+        if n != EMBED:
+            assert t is first[n]  # buffer reused, no allocation
+    assert snap[EMBED] is not bad and torch.equal(bad, torch.zeros(3))
+    assert merger.dirty_nbytes == sum(t.numel() * t.element_size() for t in snap.values())

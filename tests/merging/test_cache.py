@@ -72,3 +72,17 @@ def test_threads_keep_bound() -> None:
     held = [cache.get(k) for k in list(cache.keys())]
     assert cache.nbytes == sum(v["w"].numel() * 4 for v in held if v is not None)
     assert cache.hits + cache.misses == 800 + len(held)
+
+
+def test_make_room_hands_back_evicted_tensors() -> None:
+    cache = MergedCache(max_bytes=3 * 400)
+    entries = {k: {"w": torch.full((100,), float(i))} for i, k in enumerate("abc")}
+    for k, t in entries.items():
+        cache.put(k, t)
+    cache.get("a")  # LRU order now b, c, a
+    freed = cache.make_room(2 * 400)
+    assert [f["w"] for f in freed] == [entries["b"]["w"], entries["c"]["w"]]
+    assert freed[0]["w"] is entries["b"]["w"]
+    assert cache.keys() == ["a"] and cache.nbytes == 400 and cache.evictions == 2
+    assert cache.make_room(4 * 400) == [] and cache.keys() == ["a"]  # would not fit anyway
+    assert cache.make_room(400) == [] and cache.keys() == ["a"]  # fits already

@@ -92,6 +92,30 @@ class MergedCache:
             self._nbytes += size
             return True
 
+    def make_room(self, nbytes: int) -> list[dict[str, torch.Tensor]]:
+        """Evict LRU entries until ``nbytes`` more would fit, and hand their tensors back.
+
+        Lets a caller reuse an evicted entry's buffers for the entry it is about to ``put``
+        (e.g. ``ModelMerger.snapshot(out=...)``) instead of allocating fresh memory. Nothing is
+        evicted when ``nbytes`` exceeds ``max_bytes`` (such an entry would not be cached).
+        The caller owns the returned tensors: only use it where no one else still reads entries
+        it got from :meth:`get` (the server's scheduler thread is the only reader).
+
+        Returns:
+            the evicted entries' tensor dicts, least recently used first.
+        """
+        freed: list[dict[str, torch.Tensor]] = []
+        with self._lock:
+            if nbytes > self.max_bytes:
+                return freed
+            while self._entries and self._nbytes + nbytes > self.max_bytes:
+                old, (tensors, _) = next(iter(self._entries.items()))
+                self._pop(old)
+                self.evictions += 1
+                freed.append(tensors)
+                logger.debug("cache: evicted %s (buffers handed back)", old)
+        return freed
+
     def remove(self, key: str) -> bool:
         """Drop ``key`` if cached; returns whether it was."""
         with self._lock:

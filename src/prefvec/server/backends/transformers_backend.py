@@ -98,7 +98,10 @@ class TransformersBackend(Backend):
             return
         self.merger.apply(build(), key=key)
         self.merges_built += 1
-        self.cache.put(key, self.merger.snapshot())
+        buffers: dict[str, torch.Tensor] = {}
+        for tensors in self.cache.make_room(self.merger.dirty_nbytes):
+            buffers.update(tensors)  # evicted entries' buffers, reused by the snapshot
+        self.cache.put(key, self.merger.snapshot(out=buffers))
 
     def ensure_lowrank(self, ref: str, load: FactorsLoader) -> None:
         if not self.mixer.has(ref):
