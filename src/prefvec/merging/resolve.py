@@ -60,21 +60,39 @@ def resolve_merge(
     return ResolvedMerge(spec=spec, vectors=vectors)
 
 
-def merged_delta(resolved: ResolvedMerge) -> dict[str, torch.Tensor]:
-    """The dense merged delta of a resolved merge (low-rank vectors densified as B @ A)."""
+def spec_deltas(
+    spec: MergeSpec, vectors: Mapping[str, PreferenceVector]
+) -> list[tuple[dict[str, torch.Tensor], float]]:
+    """What :meth:`ModelMerger.apply` needs for ``spec``: ``(δ, w)`` pairs.
+
+    ``linear`` keeps one pair per vector (the merger adds them in place, no merged copy); other
+    methods merge first and return ``[(merged δ, 1.0)]``. Low-rank vectors are densified
+    (``B @ A``); zero weights are skipped.
+
+    Args:
+        spec: the pinned merge.
+        vectors: ``{"name@version": vector}`` for every ref of ``spec``.
+    """
     from prefvec.merging.methods import merge_dense
 
-    refs = [ref for ref, w in resolved.spec.weights if w != 0.0]
-    if not refs:
+    pairs = [(vectors[ref].to_dense(), w) for ref, w in spec.weights if w != 0.0]
+    if spec.method == "linear" or not pairs:
+        return pairs
+    deltas, weights = [d for d, _ in pairs], [w for _, w in pairs]
+    merged = merge_dense(deltas, weights, spec.method, spec.density, spec.seed)
+    return [(merged, 1.0)]
+
+
+def merged_delta(resolved: ResolvedMerge) -> dict[str, torch.Tensor]:
+    """The single dense merged delta of a resolved merge (for callers that keep it)."""
+    from prefvec.merging.methods import merge_dense
+
+    pairs = spec_deltas(resolved.spec, resolved.vectors)
+    if not pairs:
         return {}
-    weights = resolved.spec.weight_map
-    return merge_dense(
-        [resolved.vectors[r].to_dense() for r in refs],
-        [weights[r] for r in refs],
-        method=resolved.spec.method,
-        density=resolved.spec.density,
-        seed=resolved.spec.seed,
-    )
+    if resolved.spec.method != "linear":
+        return pairs[0][0]  # already merged by spec_deltas
+    return merge_dense([d for d, _ in pairs], [w for _, w in pairs], "linear")
 
 
 def apply_resolved(model: torch.nn.Module, resolved: ResolvedMerge) -> Any:
@@ -82,5 +100,5 @@ def apply_resolved(model: torch.nn.Module, resolved: ResolvedMerge) -> Any:
     from prefvec.merging.apply import ModelMerger
 
     merger = ModelMerger(model)
-    merger.apply_merged(merged_delta(resolved), key=resolved.spec.key)
+    merger.apply(spec_deltas(resolved.spec, resolved.vectors), key=resolved.spec.key)
     return merger

@@ -439,16 +439,11 @@ class Engine:
             self.backend.drop_lowrank(victim)
 
     def _dense_builder(self, resolved: Resolved) -> list[tuple[Delta, float]]:
-        from prefvec.merging import merge_dense
+        from prefvec.merging.resolve import spec_deltas
 
         spec = resolved.spec
-        refs = [ref for ref, w in spec.weights if w != 0.0]
-        deltas = [self._vector(ref, resolved.shas[ref]).to_dense() for ref in refs]
-        weights = [w for _, w in spec.weights if w != 0.0]
-        if spec.method == "linear":
-            return list(zip(deltas, weights, strict=True))
-        merged = merge_dense(deltas, weights, spec.method, spec.density, spec.seed)
-        return [(merged, 1.0)]
+        vectors = {ref: self._vector(ref, resolved.shas[ref]) for ref, w in spec.weights if w}
+        return [(delta, w) for delta, w in spec_deltas(spec, vectors)]
 
     def run_batch(self, jobs: Sequence[Job]) -> None:
         """Generate for one batch (all dense jobs share one spec key, or all are base/low-rank).
