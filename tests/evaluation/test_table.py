@@ -38,6 +38,42 @@ def test_update_readme_and_cli(tmp_path: Path, capsys) -> None:  # type: ignore[
     text = readme.read_text()
     assert "old" not in text and text.startswith("# T\n\nbefore\n") and text.endswith("after\n")
     assert "| h=2 | 0.50 [0.30, 0.70] | 0.60 [0.55, 0.65] |" in text
-    assert "| base |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| base |" in printed and "3 runs, evaluated in" in printed
     update_readme(tmp_path / "new.md", "T\n")
     assert (tmp_path / "new.md").read_text().strip().endswith(END)
+
+
+def test_named_markers_keep_other_tables(tmp_path: Path) -> None:
+    from prefvec.cli import main
+    from prefvec.evaluation.table import markers
+
+    s, e = markers("eta")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\nmain table\n{END}\nmiddle\n{s}\nold eta\n{e}\n")
+    f = tmp_path / "a.json"
+    f.write_text(json.dumps(_report("harmless=2", 0.9).to_dict()))
+    assert main(["eval", "table", str(f), "--readme", str(readme), "--marker", "eta"]) == 0
+    text = readme.read_text()
+    assert "main table" in text and "old eta" not in text and "| harmless=2 |" in text
+    assert text.index(s) > text.index("middle")
+
+
+def test_vectors_dir_list_first_match_wins(tmp_path: Path, tiny_base_dir: Path) -> None:
+    import torch
+
+    from prefvec.evaluation.targets import ModelHandle
+    from prefvec.vector_store import PreferenceVector
+    from prefvec.vector_store.format import VectorMetadata
+
+    for folder, name in (("a", "only_a"), ("b", "only_b"), ("b", "both"), ("a", "both")):
+        meta = VectorMetadata(
+            name=name, kind="dense", base_fingerprint="pvfp1:x", description=folder
+        )
+        t = {"model.norm.weight": torch.zeros(4)}
+        (tmp_path / folder).mkdir(exist_ok=True)
+        PreferenceVector(meta, t).save(tmp_path / folder / f"{name}.safetensors")
+    h = ModelHandle(str(tiny_base_dir), vectors_dir=f"{tmp_path / 'a'}, {tmp_path / 'b'}")
+    assert h.vector("only_b").metadata.name == "only_b"
+    assert h.vector("only_a").metadata.name == "only_a"
+    assert h.vector("both").metadata.description == "a"

@@ -36,6 +36,22 @@ def test_dense_round_trip_keeps_tensors_and_metadata(tmp_path: Path) -> None:
         assert torch.equal(back.tensors[k], vec.tensors[k])
 
 
+def test_save_is_atomic_and_readable_by_others(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    path = tmp_path / "v.safetensors"
+    path.write_bytes(b"old file")
+    old_umask = os.umask(0o022)
+    try:
+        PreferenceVector(_meta(), {"w": torch.ones(2, 2)}).save(path)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # umask honoured (not a 0600 temp file)
+    assert [p.name for p in tmp_path.iterdir()] == ["v.safetensors"]  # no temporary left
+    assert torch.equal(PreferenceVector.load(path).tensors["w"], torch.ones(2, 2))
+
+
 def test_lowrank_factors_and_dense_view() -> None:
     a, b = torch.randn(2, 5), torch.randn(3, 2)
     vec = PreferenceVector.from_factors(_meta(), {"layer.q_proj": (a, b)})

@@ -134,13 +134,19 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from prefvec.evaluation.table import load_reports, markdown_table, update_readme
+    from prefvec.evaluation.table import (
+        load_reports,
+        markdown_table,
+        update_readme,
+        wall_line,
+    )
 
-    table = markdown_table(load_reports(args.files), digits=args.digits)
+    reports = load_reports(args.files)
+    table = markdown_table(reports, digits=args.digits) + wall_line(reports)
     if args.out:
         Path(args.out).write_text(table)
     if args.readme:
-        update_readme(args.readme, table)
+        update_readme(args.readme, table, marker=args.marker)
     print(table, end="")
     return 0
 
@@ -192,7 +198,8 @@ def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
         p.add_argument(
             "--vectors-dir",
             default=None,
-            help="folder of <name>.safetensors vectors (default ./vectors without --store)",
+            help="folder(s) of <name>.safetensors vectors, comma-separated, first match wins "
+            "(default ./vectors without --store)",
         )
         p.add_argument("--dtype", default="float32")
         p.add_argument("--device", default="cpu")
@@ -232,6 +239,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the table here too")
     p.add_argument("--readme", default=None, help="replace the marked table in this README")
     p.add_argument("--digits", type=int, default=2)
+    p.add_argument(
+        "--marker",
+        default=None,
+        help="name of the marked block in the README (several tables in one file)",
+    )
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("suites", help="list the suites and groups")

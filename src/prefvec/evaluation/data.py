@@ -113,9 +113,25 @@ def load_truthfulqa_mc(root: Path, targets: str) -> list[MCItem]:
 # --------------------------------------------------------------------------------------- prompts
 
 
-def load_advbench(root: Path) -> list[PromptItem]:
+def advbench_is_eval(goal: str) -> bool:
+    """Whether an AdvBench behaviour is on the evaluation half (``split_bucket(goal) < 0.5``).
+
+    The other half is the training pool of MORA's harmful prompts, so a MORA-trained vector is
+    never evaluated on the prompts it was rewritten from.
+    """
+    from prefvec.training.data import split_bucket
+
+    return split_bucket(goal, seed=0) < 0.5
+
+
+def load_advbench(root: Path, part: str = "eval") -> list[PromptItem]:
+    """AdvBench behaviours of one half: ``eval`` (the suite) or ``train`` (MORA's pool)."""
+    if part not in ("eval", "train"):
+        raise ValueError(f"`part` must be 'eval' or 'train', got {part!r}")
     rows = _csv_rows(_file(root, "advbench/harmful_behaviors.csv"))
-    return [PromptItem(f"advbench-{i}", r["goal"]) for i, r in enumerate(rows)]
+    want_eval = part == "eval"
+    return [PromptItem(f"advbench-{i}", r["goal"]) for i, r in enumerate(rows)
+            if advbench_is_eval(r["goal"]) == want_eval]  # fmt: skip
 
 
 def load_harmbench(root: Path) -> list[PromptItem]:

@@ -92,7 +92,13 @@ _mc("truthfulqa_mc1", "truthful", partial(D.load_truthfulqa_mc, targets="mc1_tar
     "TruthfulQA MC1: the single true answer ranks first")  # fmt: skip
 _mc("truthfulqa_mc2", "truthful", partial(D.load_truthfulqa_mc, targets="mc2_targets"),
     "TruthfulQA MC2: normalised probability mass on true answers", kind="mc2")  # fmt: skip
-_gen("advbench", "refusal", "harmless", D.load_advbench, "AdvBench harmful behaviours")
+_gen(
+    "advbench",
+    "refusal",
+    "harmless",
+    D.load_advbench,
+    "AdvBench harmful behaviours (evaluation half)",
+)
 _gen("harmbench", "refusal", "harmless", D.load_harmbench,
      "HarmBench text test (standard + contextual; held out)")  # fmt: skip
 _gen("jbb_harmful", "refusal", "harmless", partial(D.load_jailbreakbench, kind="harmful"),

@@ -60,14 +60,32 @@ def markdown_table(reports: Sequence[EvalReport], digits: int = 2) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(readme: str | Path, table: str) -> Path:
-    """Replace the text between the markers in ``readme`` with ``table`` (append when absent)."""
+def markers(name: str | None = None) -> tuple[str, str]:
+    """The start/end comments of the default block, or of the block called ``name``."""
+    if not name:
+        return START, END
+    return f"<!-- prefvec-eval-table:{name}:start -->", f"<!-- prefvec-eval-table:{name}:end -->"
+
+
+def wall_line(reports: Sequence[EvalReport]) -> str:
+    """One line under the table: how long its rows took to evaluate (sum of their wall times)."""
+    total = sum(r.wall_s for r in reports)
+    return (
+        f"\n_{len(reports)} runs, evaluated in {total / 60:.1f} min in all "
+        "(sum of the rows' wall times)._\n"
+    )
+
+
+def update_readme(readme: str | Path, table: str, marker: str | None = None) -> Path:
+    """Replace the text between the markers (default or ``marker``'s) in ``readme`` with
+    ``table`` (appended when absent)."""
     path = Path(readme)
     text = path.read_text() if path.exists() else ""
-    block = f"{START}\n{table}{END}"
-    if START in text and END in text:
-        pre, rest = text.split(START, 1)
-        post = rest.split(END, 1)[1]
+    start, end = markers(marker)
+    block = f"{start}\n{table}{end}"
+    if start in text and end in text:
+        pre, rest = text.split(start, 1)
+        post = rest.split(end, 1)[1]
         text = pre + block + post
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"

@@ -217,13 +217,14 @@ class ServerTarget:
 class ModelHandle:
     """A base model loaded once, re-merged in place for each weight setting (grids reuse it).
 
-    Vectors are looked up by name first as ``<vectors_dir>/<name>.safetensors``, then in the
-    local store (``name`` or ``name@version``).
+    Vectors are looked up by name first as ``<folder>/<name>.safetensors`` in each folder of
+    ``vectors_dir`` (comma-separated, first match wins), then in the local store (``name`` or
+    ``name@version``).
 
     Args:
         base: ``bundled:<name>``, a model folder, or a cached hub id.
         store_dir: local store root (optional).
-        vectors_dir: folder of loose vector files (optional).
+        vectors_dir: folder(s) of loose vector files, comma-separated (optional).
         dtype: torch dtype name (``float32``, ``bfloat16``).
     """
 
@@ -257,8 +258,10 @@ class ModelHandle:
         from prefvec.vector_store import PreferenceVector
 
         if ref not in self._vectors:
-            path = Path(self.vectors_dir or "") / f"{ref}.safetensors"
-            if self.vectors_dir and path.is_file():
+            folders = [d.strip() for d in (self.vectors_dir or "").split(",") if d.strip()]
+            path = next((Path(d) / f"{ref}.safetensors" for d in folders
+                         if (Path(d) / f"{ref}.safetensors").is_file()), None)  # fmt: skip
+            if path is not None:
                 self._vectors[ref] = PreferenceVector.load(path)
             elif self.store_dir:
                 from prefvec.vector_store import LocalStore

@@ -155,12 +155,28 @@ class PreferenceVector:
         return {METADATA_KEY: self.metadata.model_dump_json(), "format": "pt"}
 
     def save(self, path: str | Path) -> Path:
-        """Write the vector as one safetensors file (metadata in the header)."""
-        from safetensors.torch import save_file
+        """Write the vector as one safetensors file (metadata in the header).
+
+        Atomic: the bytes go to a hidden temporary file beside ``path`` (created with the usual
+        umask permissions), are fsynced, then renamed over ``path``; a crash leaves either the
+        old file or the new one, never half a vector.
+        """
+        import os
+
+        from safetensors.torch import save as save_bytes
 
         path = Path(path)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}
-        save_file(tensors, str(path), metadata=self.header_metadata())
+        data = save_bytes(tensors, metadata=self.header_metadata())
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
