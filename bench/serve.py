@@ -193,6 +193,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--tokens", type=int, default=None, help="max_tokens per request")
     p.add_argument("--levels", default=None, help="concurrency levels, e.g. 1,4,8,16")
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds per level at most")
+    p.add_argument("--rounds", type=int, default=2, help="requests per level = rounds × C (C>1)")
+    p.add_argument(
+        "--max-gather-ms",
+        type=float,
+        default=None,
+        help="server's arrival-aware gathering window (0 turns it off; default: the server's)",
+    )
     args = p.parse_args(argv)
     machine = setup(args)
     rep = Report("serve", command_line("serve", argv), machine)
@@ -212,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         max_batch_size=8,
         max_queue=256,
         log_level="warning",
+        **({} if args.max_gather_ms is None else {"max_gather_ms": args.max_gather_ms}),
     )
     srv = ServerThread(settings)
     srv.start()
@@ -232,8 +240,12 @@ def run_levels(rep: Report, srv: ServerThread, args: Any, levels: list[int], tok
         base_s, base_tok = in_process(state, mode, n1, tokens)
         res: dict[int, dict[str, Any]] = {}
         for c in levels:
-            n_req = n1 if c == 1 else 2 * c
+            n_req = n1 if c == 1 else args.rounds * c
+            seen = len(state.scheduler.batch_log)
             res[c] = asyncio.run(load_level(srv.url, mode, c, n_req, tokens, args.time_limit))
+            sizes = [len(b.job_ids) for b in list(state.scheduler.batch_log)[seen:]]
+            res[c]["batches"] = len(sizes)
+            res[c]["mean_batch"] = round(sum(sizes) / max(1, len(sizes)), 2)
             rep.row(
                 f"C={c}",
                 section=f"workload: {mode} ({tokens} tokens/request, {args.dtype})",
@@ -259,7 +271,8 @@ def run_levels(rep: Report, srv: ServerThread, args: Any, levels: list[int], tok
     rep.extra["cache_stats"] = state.backend.cache_stats()
     rep.notes.append(
         "server and load generator share one process (uvicorn in a thread, httpx.AsyncClient); "
-        f"C=1 sends {n1} requests, C>1 sends 2·C requests; greedy; overhead = p50 over HTTP / "
+        f"C=1 sends {n1} requests, C>1 sends {args.rounds}·C requests; greedy; mean_batch = "
+        "rows per executed batch; overhead = p50 over HTTP / "
         "median in-process - 1"
     )
 

@@ -6,6 +6,12 @@ key for dense jobs; the shared mixing group for base and low-rank jobs), the wor
 ``max_wait_ms`` for the batch to fill, then takes up to ``max_batch_size`` pending jobs of that
 group in arrival order. Tokens reach each request through its sink as they are generated.
 
+Arrival-aware gathering: routes announce a request with :meth:`Scheduler.arriving` while it is
+being resolved and tokenised (before it can be submitted). While such requests are on their way
+and the batch is not full, the worker keeps waiting, up to ``max_gather_ms`` in all. A burst of
+concurrent requests thus lands in one batch instead of a first small batch that the rest then
+wait behind for a whole generation; a lone request (nothing arriving) waits only ``max_wait_ms``.
+
 Failure containment: an exception while running a batch fails the jobs of that batch that have
 not finished; the worker loop itself never dies.
 """
@@ -47,6 +53,8 @@ class Scheduler:
         engine: the generation service.
         max_batch_size: rows per batch at most.
         max_wait_ms: how long a batch waits to fill once a first job is pending.
+        max_gather_ms: how long it may wait in all while announced requests are still arriving
+            (see :meth:`arriving`); never less than ``max_wait_ms``.
         max_queue: pending jobs before :meth:`submit` raises :class:`QueueFullError`.
         retry_after_s: the ``Retry-After`` a 429 suggests.
         on_batch: called with each :class:`BatchRecord` (metrics).
@@ -58,6 +66,7 @@ class Scheduler:
         *,
         max_batch_size: int = 8,
         max_wait_ms: float = 10.0,
+        max_gather_ms: float = 100.0,
         max_queue: int = 64,
         retry_after_s: float = 1.0,
         on_batch: Callable[[BatchRecord, list[Job]], None] | None = None,
@@ -65,6 +74,8 @@ class Scheduler:
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
+        self.max_gather = max(max_gather_ms, max_wait_ms) / 1000.0
+        self._arriving = 0
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
         self.on_batch = on_batch
@@ -120,6 +131,22 @@ class Scheduler:
 
     # -- submission ----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def arriving(self) -> Any:
+        """Announce a request that will be submitted soon (held while it is being prepared).
+
+        The worker forming a batch keeps waiting (up to ``max_gather_ms``) while announced
+        requests have not been submitted yet.
+        """
+        with self._cv:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._arriving -= 1
+                self._cv.notify_all()
+
     def submit(self, job: Job) -> None:
         """Queue a job.
 
@@ -150,11 +177,13 @@ class Scheduler:
                 self._cv.wait(0.5)
             if not self._running:
                 return None
-            deadline = time.monotonic() + self.max_wait
+            start = time.monotonic()
+            deadline, gather_deadline = start + self.max_wait, start + self.max_gather
             group = self._pending[0].group_key
             while True:
                 same = sum(1 for j in self._pending if j.group_key == group)
-                left = deadline - time.monotonic()
+                limit = gather_deadline if self._arriving > 0 else deadline
+                left = limit - time.monotonic()
                 if same >= self.max_batch_size or left <= 0 or self._paused:
                     break
                 self._cv.wait(left)

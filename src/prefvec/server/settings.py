@@ -111,6 +111,12 @@ class ServerSettings(BaseSettings):
 
     max_batch_size: int = Field(default=8, ge=1, le=256)
     max_wait_ms: float = Field(default=10.0, ge=0.0, description="How long a batch waits to fill.")
+    max_gather_ms: float = Field(
+        default=100.0,
+        ge=0.0,
+        description="How long a batch may wait in all while announced requests are still being "
+        "prepared (arrival-aware batching).",
+    )
     max_queue: int = Field(default=64, ge=1, description="Pending requests before 429.")
     retry_after_s: float = Field(default=1.0, gt=0.0, description="Retry-After sent with a 429.")
     request_timeout_s: float = Field(default=120.0, gt=0.0)

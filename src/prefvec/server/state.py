@@ -92,6 +92,7 @@ def start_services(state: ServerState) -> None:
             state.engine,
             max_batch_size=s.max_batch_size,
             max_wait_ms=s.max_wait_ms,
+            max_gather_ms=s.max_gather_ms,
             max_queue=s.max_queue,
             retry_after_s=s.retry_after_s,
             on_batch=lambda rec, jobs: _count_batch(state, rec, jobs),

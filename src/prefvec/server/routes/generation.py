@@ -77,8 +77,9 @@ async def _submit(
 ) -> tuple[Job, AsyncSink]:
     sink = AsyncSink()
     try:
-        job = await run_in_threadpool(_prepare, state, req, encode, sink)
-        state.scheduler.submit(job)
+        with state.scheduler.arriving():  # a batch being formed waits for this request
+            job = await run_in_threadpool(_prepare, state, req, encode, sink)
+            state.scheduler.submit(job)
     except PrefvecError as exc:
         if state.metrics is not None:
             state.metrics.rejected.labels(exc.code).inc()
