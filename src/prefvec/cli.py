@@ -263,7 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preload-vectors", dest="preload_vectors_dir", default=None)
     p.set_defaults(func=cmd_serve)
 
-    for module in ("prefvec.clients.cli", "prefvec.training.cli", "prefvec.evaluation.cli"):
+    for module in (
+        "prefvec.clients.cli",
+        "prefvec.training.cli",
+        "prefvec.evaluation.cli",
+        "prefvec.mora.cli",
+    ):
         try:
             register = importlib.import_module(module).register
         except (ImportError, AttributeError):  # a part not installed (or not written) yet
