@@ -113,3 +113,25 @@ def test_roundtrip_swap_and_trl_format(tmp_path: Path) -> None:
 def test_unknown_preference_without_data() -> None:
     with pytest.raises(ValidationError, match="preference"):
         load_preference_data("funny")
+
+
+def test_cap_per_file_keeps_small_files_whole(tmp_path: Path) -> None:
+    from prefvec.training.config import DPOJobConfig
+    from prefvec.training.dpo import prepare_pairs
+
+    def write(name: str, n: int) -> Path:
+        path = tmp_path / name
+        rows = [{"prompt": f"{name} q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}
+                for i in range(n)]  # fmt: skip
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    big, small = write("big.jsonl", 200), write("small.jsonl", 12)
+    cfg = DPOJobConfig(data=[str(big), str(small)], val_fraction=0.0, max_train_pairs_per_file=10)
+    train, _, _ = prepare_pairs(cfg, "custom")
+    files = [p.source.split(":")[0] for p in train]
+    assert files.count("big.jsonl") == 10 and files.count("small.jsonl") == 10
+    cfg = DPOJobConfig(data=[str(big), str(small)], val_fraction=0.0, max_train_pairs_per_file=50)
+    train, _, _ = prepare_pairs(cfg, "custom")
+    files = [p.source.split(":")[0] for p in train]
+    assert files.count("big.jsonl") == 50 and files.count("small.jsonl") == 12  # all 12 kept

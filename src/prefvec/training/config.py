@@ -53,6 +53,13 @@ class CommonTrainConfig:
     max_val_pairs: int | None = field(
         default=64, metadata=_h("Evaluate on at most this many validation pairs.")
     )
+    max_train_pairs_per_file: int | None = field(
+        default=None,
+        metadata=_h(
+            "Use at most this many training pairs from each data file (after split, before "
+            "max_train_pairs), so a small file is not drowned by a large one."
+        ),
+    )
     use_lora: bool = field(default=True, metadata=_h("Train LoRA adapters (else the full model)."))
     lora_r: int = field(default=8, metadata=_h("LoRA rank."))
     lora_alpha: int = field(default=16, metadata=_h("LoRA alpha (PEFT scaling alpha/r)."))

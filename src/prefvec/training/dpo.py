@@ -288,6 +288,8 @@ def prepare_pairs(
     """Load, split (by hash of the prompt/question) and cap the pairs of one preference."""
     pairs, reports = load_preference_data(preference, data or cfg.data, cfg.data_dir)
     train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+    if cfg.max_train_pairs_per_file is not None:
+        train = cap_per_file(train, cfg.max_train_pairs_per_file, cfg.seed)
     if cfg.max_train_pairs is not None:
         train = _sample(train, cfg.max_train_pairs, cfg.seed)
     if cfg.max_val_pairs is not None:
@@ -299,6 +301,16 @@ def prepare_pairs(
         "n_val": len(val),
     }
     return train, val, info
+
+
+def cap_per_file(pairs: list[PreferencePair], n: int, seed: int) -> list[PreferencePair]:
+    """At most ``n`` pairs from each source file (``pair.source`` is ``file:line``), each a
+    seeded subset; the files' pairs stay in their original order."""
+    by_file: dict[str, list[PreferencePair]] = {}
+    for p in pairs:
+        by_file.setdefault(p.source.rsplit(":", 1)[0], []).append(p)
+    keep = {id(p) for group in by_file.values() for p in _sample(group, n, seed)}
+    return [p for p in pairs if id(p) in keep]
 
 
 def _sample(pairs: list[PreferencePair], n: int, seed: int) -> list[PreferencePair]:
