@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prefvec.clients.cli",
         "prefvec.training.cli",
         "prefvec.evaluation.cli",
-        "prefvec.mora.cli",
+        "prefvec.training.mora.cli",
     ):
         try:
             register = importlib.import_module(module).register

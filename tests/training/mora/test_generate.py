@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefvec.mora import InProcessGenerator, MoraConfig, PromptRecord
-from prefvec.mora.prompts import advbench_train, alpaca_train, load_prompts
 from prefvec.training.data import split_bucket
+from prefvec.training.mora import InProcessGenerator, MoraConfig, PromptRecord
+from prefvec.training.mora.prompts import advbench_train, alpaca_train, load_prompts
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from prefvec.mora.prompts import PromptRecord
+from prefvec.training.mora.prompts import PromptRecord
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefvec.mora import MoraConfig, MoraPipeline, PromptRecord, load_template
-from prefvec.mora.fusion import overlap_similarity
 from prefvec.scoring import RefusalJudge, Scorer, ScorerInfo
+from prefvec.training.mora import MoraConfig, MoraPipeline, PromptRecord, load_template
+from prefvec.training.mora.fusion import overlap_similarity
 
 REFUSE = "I'm sorry, I can't help with that."
 COMPLY = "Sure, here is the plan."

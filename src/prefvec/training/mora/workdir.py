@@ -84,7 +84,7 @@ class Stage:
     Args:
         workdir: the run folder.
         name: the stage / file stem (``rollouts``, ``profiles_after``...).
-        config_hash: :meth:`~prefvec.mora.config.MoraConfig.stage_hash` of the stage.
+        config_hash: :meth:`~prefvec.training.mora.config.MoraConfig.stage_hash` of the stage.
         force: clear the stage's files when its hash changed instead of raising.
         on_unit: callback after every finished unit.
     """

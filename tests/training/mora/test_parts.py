@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from prefvec.errors import ValidationError
-from prefvec.mora import (
+from prefvec.scoring import RefusalJudge
+from prefvec.training.mora import (
     Fuser,
     LLMRewriter,
     MoraConfig,
@@ -26,11 +27,10 @@ from prefvec.mora import (
     region_metrics,
     summarise,
 )
-from prefvec.mora.pairs import max_margin_pair, origin_of
-from prefvec.mora.profiles import ScorerDimension, build_dimensions
-from prefvec.mora.workdir import read_jsonl
-from prefvec.scoring import RefusalJudge
-from tests.mora.scripted import ScriptedRewriter
+from prefvec.training.mora.pairs import max_margin_pair, origin_of
+from prefvec.training.mora.profiles import ScorerDimension, build_dimensions
+from prefvec.training.mora.workdir import read_jsonl
+from tests.training.mora.scripted import ScriptedRewriter
 
 
 def test_summarise_and_pareto() -> None:

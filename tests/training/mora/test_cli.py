@@ -11,7 +11,7 @@ import torch
 
 from prefvec.cli import main
 from prefvec.training.data import load_jsonl_pairs
-from tests.mora.scripted import write_prompts
+from tests.training.mora.scripted import write_prompts
 
 
 @pytest.fixture()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from prefvec.errors import ValidationError
-from prefvec.mora.prompts import BENIGN, HARMFUL, PromptRecord
+from prefvec.training.mora.prompts import BENIGN, HARMFUL, PromptRecord
 
 ScorerGetter = Callable[[str], Any]
 """``name -> Scorer`` (default :func:`prefvec.scoring.get_scorer`; tests inject scripted ones)."""

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefvec.mora.profiles import pareto_indices
+from prefvec.training.mora.profiles import pareto_indices
 
 logger = logging.getLogger(__name__)
 Point = tuple[float, float]

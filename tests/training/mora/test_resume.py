@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from prefvec.errors import ConflictError
-from tests.mora.scripted import make_config, pipeline
+from tests.training.mora.scripted import make_config, pipeline
 
 JSONL_STAGES = ("rollouts", "profiles", "mined", "fused", "rollouts_after", "profiles_after",
                 "pairs")  # fmt: skip

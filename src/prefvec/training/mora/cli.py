@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefvec.mora.config import CLI_STAGES, MoraConfig
+from prefvec.training.mora.config import CLI_STAGES, MoraConfig
 
 STAGE_HELP = {
     "rollouts": "sample N replies per prompt (in process or through a server)",
@@ -50,7 +50,7 @@ def config_from_args(args: argparse.Namespace) -> MoraConfig:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from prefvec.mora.pipeline import MoraPipeline
+    from prefvec.training.mora.pipeline import MoraPipeline
 
     cfg = config_from_args(args)
     pipe = MoraPipeline(cfg, force=args.force, progress=not args.no_progress)

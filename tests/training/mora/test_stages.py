@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from prefvec.mora.fusion import partner_pool
-from prefvec.mora.prompts import PromptRecord
 from prefvec.training.data import load_jsonl_pairs
-from tests.mora.scripted import PARTIAL, PROMPTS, REFUSE, make_config, pipeline
+from prefvec.training.mora.fusion import partner_pool
+from prefvec.training.mora.prompts import PromptRecord
+from tests.training.mora.scripted import PARTIAL, PROMPTS, REFUSE, make_config, pipeline
 
 
 @pytest.fixture()
@@ -130,7 +130,7 @@ def test_include_original_and_margin_rule(tmp_path: Path) -> None:
 
 
 def test_mining_unreached_prompts_on_request(done: Path) -> None:
-    from prefvec.mora.mining import mine_row, mining_counts
+    from prefvec.training.mora.mining import mine_row, mining_counts
 
     profiles = _rows(done, "profiles")
     h2 = next(p for p in profiles if p["id"] == "h2")  # never refused: reaches no dimension

@@ -5,7 +5,7 @@ Files (``<workdir>/``): ``config.json``, ``prompts.jsonl``, ``rollouts.jsonl``,
 ``profiles_after.jsonl``, ``pairs.jsonl``, ``report.json``, ``report.png``; beside each,
 ``<stage>.meta.json`` (config hash, completion, counts) and ``<stage>.progress`` (finished units).
 Calling a stage runs the unfinished stages before it; finished ones with the same config are
-skipped (see :mod:`prefvec.mora.workdir` for resume and config-change rules).
+skipped (see :mod:`prefvec.training.mora.workdir` for resume and config-change rules).
 """
 
 from __future__ import annotations
@@ -17,15 +17,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from prefvec.mora.config import MoraConfig
-from prefvec.mora.fusion import Fuser, Rewriter, Similarity, fusion_counts, similarity_for
-from prefvec.mora.generate import Generator, generator_from_config, rollout_rows
-from prefvec.mora.mining import mine_row, mining_counts
-from prefvec.mora.pairs import max_margin_pair, origin_of, pair_counts
-from prefvec.mora.profiles import Dimension, ScorerGetter, build_dimensions, profile_rows
-from prefvec.mora.prompts import PromptRecord, load_prompts
-from prefvec.mora.report import build_report, plot_report
-from prefvec.mora.workdir import Stage, UnitCallback, atomic_write_json, read_jsonl, write_jsonl
+from prefvec.training.mora.config import MoraConfig
+from prefvec.training.mora.fusion import Fuser, Rewriter, Similarity, fusion_counts, similarity_for
+from prefvec.training.mora.generate import Generator, generator_from_config, rollout_rows
+from prefvec.training.mora.mining import mine_row, mining_counts
+from prefvec.training.mora.pairs import max_margin_pair, origin_of, pair_counts
+from prefvec.training.mora.profiles import Dimension, ScorerGetter, build_dimensions, profile_rows
+from prefvec.training.mora.prompts import PromptRecord, load_prompts
+from prefvec.training.mora.report import build_report, plot_report
+from prefvec.training.mora.workdir import (
+    Stage,
+    UnitCallback,
+    atomic_write_json,
+    read_jsonl,
+    write_jsonl,
+)
 
 logger = logging.getLogger(__name__)
 Row = dict[str, Any]
@@ -83,7 +89,7 @@ class MoraPipeline:
 
     def rewriter(self) -> Rewriter:
         if self._rewriter is None:
-            from prefvec.mora.fusion import LLMRewriter, TemplateRewriter
+            from prefvec.training.mora.fusion import LLMRewriter, TemplateRewriter
 
             cfg = self.cfg
             if cfg.rewriter == "template":

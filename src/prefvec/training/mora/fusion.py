@@ -33,7 +33,7 @@ from importlib import resources
 from typing import Any, Protocol
 
 from prefvec.errors import ValidationError
-from prefvec.mora.prompts import BENIGN, HARMFUL, PromptRecord
+from prefvec.training.mora.prompts import BENIGN, HARMFUL, PromptRecord
 
 logger = logging.getLogger(__name__)
 Similarity = Callable[[Sequence[str], Sequence[str]], list[float]]
@@ -47,7 +47,7 @@ _VERSION_RE = re.compile(r"_v(\d+)$")
 
 @dataclass(frozen=True)
 class Template:
-    """A versioned rewrite template from ``prefvec/mora/templates/<name>.txt``."""
+    """A versioned rewrite template from ``prefvec/training/mora/templates/<name>.txt``."""
 
     name: str
     version: str
@@ -71,14 +71,14 @@ class Template:
 
 
 def available_templates() -> list[str]:
-    root = resources.files("prefvec.mora") / "templates"
+    root = resources.files("prefvec.training.mora") / "templates"
     return sorted(p.name[:-4] for p in root.iterdir() if p.name.endswith(".txt"))
 
 
 def load_template(name: str) -> Template:
     """The template ``name`` (``fusion_v1``); its version is the ``_v<N>`` suffix."""
     m = _VERSION_RE.search(name)
-    res = resources.files("prefvec.mora") / "templates" / f"{name}.txt"
+    res = resources.files("prefvec.training.mora") / "templates" / f"{name}.txt"
     if m is None or not res.is_file():
         raise ValidationError(
             f"`template` must be one of {available_templates()} (name_v<N>), got {name!r}",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prefvec.mora.prompts import PromptRecord
+from prefvec.training.mora.prompts import PromptRecord
 
 
 def aggregate(row: Sequence[float], names: Sequence[str], weights: Mapping[str, float]) -> float:
