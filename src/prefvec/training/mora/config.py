@@ -1,6 +1,6 @@
 """The MORA run configuration: one dataclass, saved as ``<workdir>/config.json``.
 
-Flags and ``--config file.yaml`` fill it (see :mod:`prefvec.training.mora.cli`). Each stage hashes the
+Flags and ``--config file.yaml`` fill it (see :mod:`.cli`). Each stage hashes the
 fields it and the stages before it depend on (:data:`STAGE_FIELDS`), so changing, say,
 ``margin`` only invalidates the ``pairs`` and ``report`` stages.
 """
