@@ -7,7 +7,7 @@ PORT ?= 8000
 EXTRAS ?= server,train,eval,plot,dev
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-slow style quality bench results clean
+.PHONY: install serve test test-slow style quality bench results results-main results-mora results-eta clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,16 +44,24 @@ RESULTS_OUT ?= results/eval
 RESULTS_LIMIT ?= 32
 RESULTS_ARGS ?= --limit $(RESULTS_LIMIT) --max-new-tokens 32 --dtype bfloat16 --max-length 384 --vectors-dir vectors,results/vectors
 RESULTS_SUITES ?= truthfulqa_mc1,hhh_harmless,advbench,xstest_safe,hh_rlhf_pairs
-RESULTS_POINTS ?= base;helpful=1;harmless=1;truthful=1;harmless=-1;helpful=1,harmless=1;helpful=1,harmless=1,truthful=1;harmless-posonly=1;truthful-posonly=1;weighted-sum-helpful-harmless=1;cagrad-helpful-harmless=1;raco-helpful-harmless=1;mora-harmless-sequential=1;mora-harmless-simultaneous=1
+RESULTS_POINTS ?= base;helpful=1;harmless=1;truthful=1;harmless=-1;helpful=1,harmless=1;helpful=1,harmless=1,truthful=1;harmless-posonly=1;truthful-posonly=1;weighted-sum-helpful-harmless=1;cagrad-helpful-harmless=1;raco-helpful-harmless=1
+MORA_POINTS ?= mora-harmless-sequential=1;mora-harmless-simultaneous=1
 ETA_VALUES ?= -1,0,1,2,4
 
-results: install
+results: results-main results-mora results-eta   # then both README tables
+	$(VENV)/bin/prefvec eval table $(RESULTS_OUT)/table/grid.json $(RESULTS_OUT)/mora/grid.json --readme README.md
+	$(VENV)/bin/prefvec eval table $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/eta-helpful/grid.json $(RESULTS_OUT)/eta-truthful/grid.json --readme README.md --marker eta
+
+results-main: install
 	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --points "$(RESULTS_POINTS)" --suites $(RESULTS_SUITES) --out $(RESULTS_OUT)/table --x advbench --y xstest_safe
+
+results-mora: install
+	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --points "$(MORA_POINTS)" --suites $(RESULTS_SUITES) --out $(RESULTS_OUT)/mora
+
+results-eta: install
 	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --vectors harmless --values=$(ETA_VALUES) --suites advbench,xstest_safe --out $(RESULTS_OUT)/eta-harmless
 	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --vectors helpful --values=$(ETA_VALUES) --suites xstest_safe,advbench --out $(RESULTS_OUT)/eta-helpful
 	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --vectors truthful --values=$(ETA_VALUES) --suites truthfulqa_mc1 --out $(RESULTS_OUT)/eta-truthful
-	$(VENV)/bin/prefvec eval table $(RESULTS_OUT)/table/grid.json --readme README.md
-	$(VENV)/bin/prefvec eval table $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/eta-helpful/grid.json $(RESULTS_OUT)/eta-truthful/grid.json --readme README.md --marker eta
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
