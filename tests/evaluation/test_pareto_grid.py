@@ -70,3 +70,13 @@ def test_plot_pareto(tmp_path: Path) -> None:
     png, front = plot_pareto(reports, "advbench", "xstest_safe", tmp_path / "p.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert front == [0, 1, 3]  # c is dominated by b (less refusal of harm, more over-refusal)
+    import json
+
+    from prefvec.cli import main
+
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps([r.to_dict() for r in reports + [rep("a-twin", 0.2, 0.1)]]))
+    out = tmp_path / "replot.png"
+    assert main(["eval", "plot", str(grid), "--x", "advbench", "--y", "xstest_safe",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert out.read_bytes()[:4] == b"\x89PNG"

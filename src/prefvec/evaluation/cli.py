@@ -133,6 +133,16 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from prefvec.evaluation.grid import plot_pareto
+    from prefvec.evaluation.table import load_reports
+
+    reports = load_reports(args.files)
+    png, front = plot_pareto(reports, args.x, args.y, args.out)
+    print(f"wrote {png}; Pareto front: {[reports[i].label for i in front]}")
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from prefvec.evaluation.table import (
         load_reports,
@@ -233,6 +243,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--x", default=None, help="suite on the x axis of the Pareto plot")
     p.add_argument("--y", default=None, help="suite on the y axis of the Pareto plot")
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("plot", help="Pareto plot of eval/grid JSON files (no re-evaluation)")
+    p.add_argument("files", nargs="+", help="eval.json / grid.json files")
+    p.add_argument("--x", required=True, help="suite on the x axis")
+    p.add_argument("--y", required=True, help="suite on the y axis")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("table", help="Markdown results table from eval JSON files")
     p.add_argument("files", nargs="+", help="eval.json / grid.json files")

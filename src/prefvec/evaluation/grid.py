@@ -124,13 +124,20 @@ def plot_pareto(
     mx, my = [r.metric(x) for r in reports], [r.metric(y) for r in reports]
     pts = [(a.value, b.value) for a, b in zip(mx, my, strict=True)]
     front = pareto_front(pts, (mx[0].higher_is_better, my[0].higher_is_better))
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    for r, a, b in zip(reports, mx, my, strict=True):
+    fig, ax = plt.subplots(figsize=(9.6, 5.4), dpi=120)
+    for a, b in zip(mx, my, strict=True):
         ax.errorbar(a.value, b.value, xerr=[[a.value - a.ci_low], [a.ci_high - a.value]],
                     yerr=[[b.value - b.ci_low], [b.ci_high - b.value]], fmt="o", ms=4,
                     color="tab:gray", alpha=0.6, lw=0.8)  # fmt: skip
-        ax.annotate(r.label, (a.value, b.value), fontsize=6, xytext=(3, 3),
-                    textcoords="offset points")  # fmt: skip
+    at: dict[tuple[float, float], list[str]] = {}
+    for r, pt in zip(reports, pts, strict=True):
+        at.setdefault(pt, []).append(r.label)
+    key = []  # distinct points are numbered on the plot; the key beside it names their runs
+    for n, ((px, py), labels) in enumerate(at.items(), 1):
+        ax.annotate(str(n), (px, py), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        key.append(f"{n}: " + "; ".join(labels))
+    fig.text(0.70, 0.95, "\n".join(key), fontsize=6.5, va="top", ha="left", wrap=True)
+    fig.subplots_adjust(right=0.68)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-o", color="tab:red",
             label="Pareto front")  # fmt: skip
     arrow = {True: "higher is better", False: "lower is better"}
@@ -138,7 +145,7 @@ def plot_pareto(
     ax.set_ylabel(f"{y} {my[0].metric} ({arrow[my[0].higher_is_better]})")
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 0.68, 1.0))
     fig.savefig(path)
     plt.close(fig)
     return Path(path), front
