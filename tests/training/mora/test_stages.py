@@ -113,6 +113,8 @@ def test_report_exact(done: Path) -> None:
     assert b["mean_spread"] == pytest.approx(0.15)
     assert (b["n_pareto"], b["distinct_points"]) == (1, 3)
     assert rep["pairs"]["pairs"] == 2 and rep["pairs"]["margin_min"] == 0.5
+    bp = rep["before_parents"]  # h1 and b2, the prompts whose rewrites were kept
+    assert (bp["prompts"], bp["joint_share"]) == (2, 0.0)  # mined: one dimension at most
     assert rep["mine"]["mined"] == 2 and rep["fuse"]["kept"] == 2
     assert (done / "report.png").stat().st_size > 1000
 

@@ -272,7 +272,9 @@ class MoraPipeline:
         }
         before = read_jsonl(self.workdir / "profiles.jsonl")
         after = read_jsonl(self.workdir / "profiles_after.jsonl")
-        report = build_report(before, after, self.cfg.good, **counts)
+        fused = read_jsonl(self.workdir / "fused.jsonl")
+        parents = sorted({f["parents"][0] for f in fused if f.get("kept")})
+        report = build_report(before, after, self.cfg.good, parent_ids=parents, **counts)
         atomic_write_json(path, report)
         png = self.workdir / "report.png"
         tmp = self.workdir / ".report.tmp.png"

@@ -101,17 +101,26 @@ def build_report(
     before: Sequence[dict[str, Any]],
     after: Sequence[dict[str, Any]],
     good: float,
+    parent_ids: Sequence[str] | None = None,
     **counts: Any,
 ) -> dict[str, Any]:
-    """``report.json``: the metrics before and after, plus each stage's counts."""
+    """``report.json``: the metrics before and after, plus each stage's counts.
+
+    With ``parent_ids`` (the original prompts whose rewrites were kept) it also reports
+    ``before_parents``: the same metrics over just those prompts, the like-for-like "before" of
+    the rewrites (``before`` covers every original prompt, mined or not).
+    """
     dims = (before or after or [{"dimensions": []}])[0]["dimensions"]
-    return {
+    out = {
         "dimensions": dims,
         "good": good,
         "before": region_metrics(before, good),
         "after": region_metrics(after, good),
-        **counts,
     }
+    if parent_ids is not None:
+        wanted = set(parent_ids)
+        out["before_parents"] = region_metrics([p for p in before if p["id"] in wanted], good)
+    return {**out, **counts}
 
 
 def best_points(profiles: Sequence[dict[str, Any]]) -> list[list[float]]:
