@@ -47,9 +47,13 @@ RESULTS_SUITES ?= truthfulqa_mc1,hhh_harmless,advbench,xstest_safe,hh_rlhf_pairs
 RESULTS_POINTS ?= base;helpful=1;harmless=1;truthful=1;harmless=-1;helpful=1,harmless=1;helpful=1,harmless=1,truthful=1;harmless-posonly=1;truthful-posonly=1;weighted-sum-helpful-harmless=1;cagrad-helpful-harmless=1;raco-helpful-harmless=1
 MORA_POINTS ?= mora-harmless-sequential=1;mora-harmless-simultaneous=1
 ETA_VALUES ?= -1,0,1,2,4
+# the refusal rows again on more items (the MORA comparison at n = 32 is suggestive only)
+REFUSAL_LIMIT ?= 100
+REFUSAL_POINTS ?= base;harmless=1;harmless-posonly=1;mora-harmless-sequential=1;mora-harmless-simultaneous=1
 
 results: results-main results-mora results-eta   # then both README tables
 	$(VENV)/bin/prefvec eval table $(RESULTS_OUT)/table/grid.json $(RESULTS_OUT)/mora/grid.json --readme README.md
+	$(VENV)/bin/prefvec eval table $(RESULTS_OUT)/refusal-100/grid.json --readme README.md --marker refusal
 	$(VENV)/bin/prefvec eval table $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/eta-helpful/grid.json $(RESULTS_OUT)/eta-truthful/grid.json --readme README.md --marker eta
 
 results-main: install
@@ -57,6 +61,7 @@ results-main: install
 
 results-mora: install
 	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --points "$(MORA_POINTS)" --suites $(RESULTS_SUITES) --out $(RESULTS_OUT)/mora
+	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --limit $(REFUSAL_LIMIT) --points "$(REFUSAL_POINTS)" --suites advbench,xstest_safe --out $(RESULTS_OUT)/refusal-100
 
 results-eta: install
 	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --vectors harmless --values=$(ETA_VALUES) --suites advbench,xstest_safe --out $(RESULTS_OUT)/eta-harmless
