@@ -75,7 +75,7 @@ def test_plot_pareto(tmp_path: Path) -> None:
     from prefvec.cli import main
 
     grid = tmp_path / "grid.json"
-    grid.write_text(json.dumps([r.to_dict() for r in reports + [rep("a-twin", 0.2, 0.1)]]))
+    grid.write_text(json.dumps([r.to_dict() for r in [*reports, rep("a-twin", 0.2, 0.1)]]))
     out = tmp_path / "replot.png"
     assert main(["eval", "plot", str(grid), "--x", "advbench", "--y", "xstest_safe",
                  "--out", str(out)]) == 0  # fmt: skip
