@@ -259,8 +259,8 @@ class ModelHandle:
 
         if ref not in self._vectors:
             folders = [d.strip() for d in (self.vectors_dir or "").split(",") if d.strip()]
-            path = next((Path(d) / f"{ref}.safetensors" for d in folders
-                         if (Path(d) / f"{ref}.safetensors").is_file()), None)  # fmt: skip
+            candidates = [Path(d) / f"{ref}.safetensors" for d in folders]
+            path = next((c for c in candidates if c.is_file()), None)
             if path is not None:
                 self._vectors[ref] = PreferenceVector.load(path)
             elif self.store_dir:

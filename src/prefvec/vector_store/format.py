@@ -161,23 +161,12 @@ class PreferenceVector:
         umask permissions), are fsynced, then renamed over ``path``; a crash leaves either the
         old file or the new one, never half a vector.
         """
-        import os
-
         from safetensors.torch import save as save_bytes
 
-        path = Path(path)
+        from prefvec.fileio import atomic_write_bytes
+
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}
-        data = save_bytes(tensors, metadata=self.header_metadata())
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return atomic_write_bytes(path, save_bytes(tensors, metadata=self.header_metadata()))
 
     @classmethod
     def load(cls, path: str | Path) -> PreferenceVector:

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from prefvec.cli import main
 from prefvec.training.data import load_jsonl_pairs
 from tests.training.mora.scripted import write_prompts
-
-
-@pytest.fixture()
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_help_lists_the_stages(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-import torch
 
 from prefvec.training.data import split_bucket
 from prefvec.training.mora import InProcessGenerator, MoraConfig, PromptRecord
 from prefvec.training.mora.prompts import advbench_train, alpaca_train, load_prompts
-
-
-@pytest.fixture()
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls on a busy 2-core machine run ~50x faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_in_process_samples_are_seeded(tiny_base_dir: Path, one_thread: None) -> None:

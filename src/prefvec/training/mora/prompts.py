@@ -63,17 +63,12 @@ def short_hash(text: str, n: int = 10) -> str:
 
 
 def advbench_train(eval_data_dir: str | None = None) -> list[PromptRecord]:
-    """AdvBench behaviours on the training side (bucket >= 0.5, checked here again)."""
+    """AdvBench behaviours of the training half (the evaluation suite uses the other half)."""
     from prefvec.evaluation.data import eval_data_dir as resolve
     from prefvec.evaluation.data import load_advbench
-    from prefvec.training.data import split_bucket
 
     items = load_advbench(resolve(eval_data_dir), part="train")
-    return [
-        PromptRecord(it.id, it.prompt, [HARMFUL], None, "advbench-train")
-        for it in items
-        if split_bucket(it.prompt, seed=0) >= 0.5
-    ]
+    return [PromptRecord(it.id, it.prompt, [HARMFUL], None, "advbench-train") for it in items]
 
 
 def alpaca_train(data_dir: str | None = None) -> list[PromptRecord]:
