@@ -38,12 +38,84 @@ matching :mod:`prefvec.errors` class; ``error.code`` names that class for the cl
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ServingPath = Literal["base", "lowrank", "dense"]
 FinishReason = Literal["stop", "length"]
+
+# Bounds where a number enters (issue 15): strict JSON types where OpenAI is strict (no bool for
+# an int, no string for a number), finite floats, and ranges the sampling maths can take.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+"""Vector, recipe, experiment and arm names (``prefvec.vector_store.check_name`` also bars '..')."""
+REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}(@(latest|[1-9][0-9]{0,17}))?$"
+"""``name``, ``name@latest`` or ``name@<version>``."""
+SEED_MAX = 2**64 - 1
+TEMPERATURE_GREEDY_BELOW = 1e-5
+"""Temperatures in [0, this) decode greedily (logits / T would overflow float32 below it)."""
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-64 of [A-Za-z0-9_.-].")]
+Seed = Annotated[int, Field(strict=True, ge=0, le=SEED_MAX, description="0 <= seed < 2**64.")]
+PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+Temperature = Annotated[
+    float,
+    Field(
+        strict=True,
+        ge=0.0,
+        le=2.0,
+        allow_inf_nan=False,
+        description=f"In [0, 2]; below {TEMPERATURE_GREEDY_BELOW:g} (0 included) greedy decoding.",
+    ),
+]
+TopP = Annotated[
+    float, Field(strict=True, gt=0.0, le=1.0, allow_inf_nan=False, description="In (0, 1].")
+]
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> int:
+    """Index of the first lone UTF-16 surrogate (U+D800..U+DFFF) in ``text``, or -1.
+
+    JSON's ``\\ud800`` escapes decode to such code points; they cannot be encoded as UTF-8, so
+    the tokenizer (and any response echoing them) would fail on them.
+    """
+    found = _SURROGATE_RE.search(text)
+    return found.start() if found else -1
+
+
+def _check_text(value: Any) -> None:
+    if isinstance(value, str):
+        i = lone_surrogate(value)
+        if i >= 0:
+            raise ValueError(
+                f"text must be valid Unicode: lone UTF-16 surrogate U+{ord(value[i]):04X} at "
+                f"index {i}"
+            )
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_text(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
+    elif isinstance(value, BaseModel) and not isinstance(value, _WireModel):
+        for item in value.__dict__.values():  # e.g. content parts: checked by their container
+            _check_text(item)
+
+
+class _WireModel(BaseModel):
+    """Base of request models: every text field (nested lists/dicts too) is valid Unicode."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        _check_text(value)
+        return value
+
 
 # ---------------------------------------------------------------------------------------- errors
 
@@ -68,7 +140,7 @@ class ErrorResponse(BaseModel):
 # --------------------------------------------------------------------------- preference extension
 
 
-class MergeOptions(BaseModel):
+class MergeOptions(_WireModel):
     """How the request's vectors are merged (``merge`` extension field)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -76,11 +148,13 @@ class MergeOptions(BaseModel):
     method: str = Field(
         default="linear", description="Merge method: linear, ties, dare_linear, ..."
     )
-    density: float = Field(default=1.0, description="Fraction kept by TIES / DARE, in (0, 1].")
-    seed: int = Field(default=0, description="Seed of DARE's random drop.")
+    density: FiniteFloat = Field(
+        default=1.0, description="Fraction kept by TIES / DARE, in (0, 1]."
+    )
+    seed: Seed = Field(default=0, description="Seed of DARE's random drop.")
 
 
-class PreferenceFields(BaseModel):
+class PreferenceFields(_WireModel):
     """prefvec extension fields shared by every generation request."""
 
     preferences: dict[str, float] | None = Field(
@@ -122,14 +196,14 @@ class _GenerationRequest(PreferenceFields):
     model: str | None = Field(
         default=None, description="Base id, or 'recipe:<name>' to serve a recipe."
     )
-    max_tokens: int | None = Field(default=None, ge=1, description="Tokens to generate at most.")
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=1, description="Only n=1 is supported.")
-    stream: bool = False
+    max_tokens: PositiveInt | None = Field(default=None, description="Tokens to generate at most.")
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    n: int = Field(default=1, ge=1, le=1, strict=True, description="Only n=1 is supported.")
+    stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, description="Sampling seed (deterministic when set).")
+    seed: Seed | None = Field(default=None, description="Sampling seed (deterministic when set).")
     user: str | None = Field(
         default=None, description="End-user id (sticky experiment assignment)."
     )
@@ -145,7 +219,7 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(_WireModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
@@ -162,8 +236,8 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(
-        default=None, ge=1, description="Alias of max_tokens."
+    max_completion_tokens: PositiveInt | None = Field(
+        default=None, description="Alias of max_tokens."
     )
 
 
@@ -216,7 +290,7 @@ class ChatCompletionChunk(BaseModel):
 
 class CompletionRequest(_GenerationRequest):
     prompt: str | list[str] = Field(description="One prompt (a list of exactly one is accepted).")
-    echo: bool = False
+    echo: bool = Field(default=False, strict=True)
 
 
 class CompletionChoice(BaseModel):
@@ -266,7 +340,7 @@ class ModelList(BaseModel):
 # ------------------------------------------------------------------------------------ vectors
 
 
-class VectorUploadMetadata(BaseModel):
+class VectorUploadMetadata(_WireModel):
     """The ``metadata`` form field of an upload: overrides/extends the file's own metadata."""
 
     model_config = ConfigDict(extra="allow")
@@ -303,16 +377,16 @@ class DeleteResponse(BaseModel):
 # ------------------------------------------------------------------------------------ recipes
 
 
-class RecipeCreate(BaseModel):
+class RecipeCreate(_WireModel):
     """A named merge recipe; unpinned vector refs are pinned to their latest version on save."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: Name
     method: str = "linear"
     weights: dict[str, float] = Field(description="{vector name or name@version: weight}")
-    density: float = 1.0
-    seed: int = 0
+    density: FiniteFloat = 1.0
+    seed: Seed = 0
     description: str = ""
 
 
@@ -337,7 +411,7 @@ class RecipeList(BaseModel):
 # ------------------------------------------------------------------------------------ compare
 
 
-class CompareCandidate(BaseModel):
+class CompareCandidate(_WireModel):
     """One column of a comparison: a recipe or a preference set (or neither: the base)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -348,16 +422,18 @@ class CompareCandidate(BaseModel):
     merge: MergeOptions | None = None
 
 
-class CompareRequest(BaseModel):
+class CompareRequest(_WireModel):
     model_config = ConfigDict(extra="forbid")
 
     prompts: list[str] = Field(min_length=1)
     candidates: list[CompareCandidate] = Field(min_length=2)
-    chat: bool = Field(default=True, description="Wrap each prompt as a user chat message.")
-    max_tokens: int = Field(default=32, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = 0
+    chat: bool = Field(
+        default=True, strict=True, description="Wrap each prompt as a user chat message."
+    )
+    max_tokens: PositiveInt = 32
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
+    seed: Seed | None = 0
     scorers: list[str] | None = Field(
         None, description="Scorer names (None: the server's configured scorers)."
     )
