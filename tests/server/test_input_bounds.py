@@ -113,7 +113,7 @@ def test_out_of_range_or_wrong_type_is_422(
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_json_numbers_are_422(client: TestClient, literal: str) -> None:
     """Python's JSON parser accepts NaN/Infinity literals; the bounds must refuse them."""
-    raw = '{"messages": [{"role": "user", "content": "hi"}], "temperature": %s}' % literal
+    raw = '{"messages": [{"role": "user", "content": "hi"}], "temperature": ' + literal + "}"
     resp = client.post(CHAT, content=raw.encode(), headers={"content-type": "application/json"})
     assert resp.status_code == 422 and resp.json()["error"]["param"] == "temperature", resp.text
 

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import torch
 
+from prefvec.protocol import TEMPERATURE_GREEDY_BELOW
+
 FinishReason = Literal["stop", "length"]
 _REPLACEMENT = "\ufffd"
 
@@ -53,13 +55,22 @@ class SamplingParams:
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
     """Pick the next token from one row of logits (V,): argmax, or temperature + top-p sampling."""
-    if params.greedy:
-        return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)  # (V,)
+    # Finite for every accepted input (issue 15): temperatures below 1e-5 decode greedily
+    # (logits / 1e-45 is inf in float32); the rest is computed in float32 from the logits shifted
+    # by their maximum (so (x - max) / T is <= 0 and exp never overflows; -inf just means p = 0);
+    # NaN logits count as -inf; the top token is always kept, so a tiny top_p is argmax-like.
+    top = torch.finfo(torch.float32).max
+    x = logits.float().nan_to_num(nan=float("-inf"), posinf=top)  # (V,)
+    tiny = params.temperature < TEMPERATURE_GREEDY_BELOW
+    if params.greedy or tiny or not bool(torch.isfinite(x).any()):
+        return int(torch.argmax(x).item())
+    logp = torch.log_softmax((x - x.max()) / params.temperature, dim=-1)  # (V,), max entry 0
+    probs = logp.exp()  # the top token has p > 0, so the sum is > 0
     if params.top_p < 1.0:
         sorted_p, order = torch.sort(probs, descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        # keep the smallest prefix whose mass reaches top_p; the first token always stays
         drop = torch.cumsum(sorted_p, dim=-1) - sorted_p >= params.top_p
+        drop[0] = False
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
     idx = torch.multinomial(probs, 1, generator=gen)
