@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prefvec.server.routes import compare, experiments, generation, health, models, recipes, vectors
+from prefvec.server.routes import (
+    compare,
+    experiments,
+    generation,
+    health,
+    models,
+    recipes,
+    ui,
+    vectors,
+)
 
 ROUTERS = [
     health.router,
@@ -12,4 +21,5 @@ ROUTERS = [
     recipes.router,
     compare.router,
     experiments.router,
+    ui.router,
 ]
