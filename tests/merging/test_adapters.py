@@ -267,6 +267,18 @@ def test_cache_never_evicts_an_adapter_in_use(tmp_path: Path) -> None:
     assert len(cache) == 0 and cache.nbytes == 0
 
 
+def test_cache_bounds_the_number_of_adapters(tmp_path: Path) -> None:
+    evicted: list[str] = []
+    cache = AdapterCache(
+        tmp_path, max_bytes=1 << 20, max_entries=2, on_evict=lambda k, i: evicted.append(k)
+    )
+    for key in ("a", "b", "c"):
+        cache.get(key, lambda: _adapter(1))
+    assert evicted == ["a"] and cache.keys() == ["b", "c"]
+    with pytest.raises(ValidationError, match="max_entries"):
+        AdapterCache(tmp_path, max_bytes=1, max_entries=0)
+
+
 def test_cache_refuses_an_adapter_larger_than_the_bound(tmp_path: Path) -> None:
     cache = AdapterCache(tmp_path, max_bytes=100)
     with pytest.raises(ValidationError, match="more than the adapter cache's bound of 100 bytes"):

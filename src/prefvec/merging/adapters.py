@@ -239,6 +239,8 @@ class AdapterCache:
     Args:
         root: folder the adapters go into (made absolute); see :func:`default_adapter_root`.
         max_bytes: bound on the bytes of all adapter folders together.
+        max_entries: bound on the number of adapters (e.g. vLLM's ``max_cpu_loras``, so the
+            engine never has to drop one of ours by itself); None for no bound.
         on_evict: called with ``(key, lora_int_id)`` after an adapter's files are removed.
         base_model: written into each ``adapter_config.json``.
 
@@ -252,9 +254,15 @@ class AdapterCache:
         max_bytes: int,
         on_evict: EvictHook | None = None,
         base_model: str = "",
+        max_entries: int | None = None,
     ) -> None:
         if max_bytes < 1:
             raise ValidationError(f"`max_bytes` must be >= 1, got {max_bytes}", field="max_bytes")
+        if max_entries is not None and max_entries < 1:
+            raise ValidationError(
+                f"`max_entries` must be >= 1, got {max_entries}", field="max_entries"
+            )
+        self.max_entries = max_entries
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes = int(max_bytes)
@@ -356,8 +364,12 @@ class AdapterCache:
             if remove_root:
                 shutil.rmtree(self.root, ignore_errors=True)
 
+    def _fits(self, nbytes: int) -> bool:
+        full = self.max_entries is not None and len(self._entries) >= self.max_entries
+        return not full and self.nbytes + nbytes <= self.max_bytes
+
     def _make_room(self, key: str, nbytes: int) -> None:
-        """Evict unused LRU entries until ``nbytes`` more fit under the bound."""
+        """Evict unused LRU entries until one more adapter of ``nbytes`` fits under the bounds."""
         if nbytes > self.max_bytes:
             raise ValidationError(
                 f"the adapter of {key!r} needs {nbytes} bytes, more than the adapter cache's "
@@ -365,14 +377,14 @@ class AdapterCache:
                 field="adapter_cache_bytes",
             )
         for entry in list(self._entries.values()):  # least recently used first
-            if self.nbytes + nbytes <= self.max_bytes:
+            if self._fits(nbytes):
                 return
             if not entry.users:
                 self._drop(entry)
-        if self.nbytes + nbytes > self.max_bytes:
+        if not self._fits(nbytes):
             raise QueueFullError(
-                f"the adapter cache ({self.max_bytes} bytes) is full of adapters in use; "
-                f"{key!r} needs {nbytes} bytes"
+                f"the adapter cache ({self.max_bytes} bytes, {self.max_entries} adapters at "
+                f"most) is full of adapters in use; {key!r} needs {nbytes} bytes"
             )
 
     def _write(self, key: str, rank: int, files: dict[str, bytes]) -> CachedAdapter:
