@@ -192,18 +192,18 @@ def paired_overhead(state: Any, url: str, mode: str, n: int, tokens: int) -> dic
 
 
 def in_process(state: Any, mode: str, n: int, tokens: int, first: int = 0) -> tuple[float, int]:
-    """Median seconds of ``Engine.generate`` for requests 0..n-1 of C=1 (and tokens produced)."""
-    engine = state.engine
+    """Median seconds of the serving service without HTTP for requests 0..n-1 of C=1 (and
+    tokens produced)."""
+    service = state.service
     times, produced = [], 0
     for i in range(first, first + n):
         req = body(i, mode, tokens)
         t0 = time.perf_counter()
-        resolved = engine.resolve(preferences=req.get("preferences"), recipe=req.get("recipe"))
-        ids = engine.encode_text(req["prompt"])
-        params = engine.sampling_params(max_tokens=tokens, temperature=0.0, prompt_len=len(ids))
-        sink = engine.generate(ids, params, resolved)
+        resolved = service.resolve(preferences=req.get("preferences"), recipe=req.get("recipe"))
+        greq = service.prepare(resolved, prompt=req["prompt"], max_tokens=tokens, temperature=0.0)
+        done = asyncio.run(service.complete(greq))
         times.append(time.perf_counter() - t0)
-        produced += sink.usage.completion_tokens
+        produced += done.usage.completion_tokens
     return median(times), produced
 
 
@@ -218,10 +218,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--c1-requests", type=int, default=4, help="requests at C=1 (and in process, for overhead)"
     )
     p.add_argument(
-        "--max-gather-ms",
-        type=float,
-        default=None,
-        help="server's arrival-aware gathering window (0 turns it off; default: the server's)",
+        "--batching",
+        default="continuous",
+        choices=["continuous", "static"],
+        help="transformers backend batching: continuous (iteration-level) or static",
     )
     args = p.parse_args(argv)
     machine = setup(args)
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         max_batch_size=8,
         max_queue=256,
         log_level="warning",
-        **({} if args.max_gather_ms is None else {"max_gather_ms": args.max_gather_ms}),
+        batching=args.batching,
     )
     srv = ServerThread(settings)
     srv.start()
@@ -264,11 +264,13 @@ def run_levels(rep: Report, srv: ServerThread, args: Any, levels: list[int], tok
         res: dict[int, dict[str, Any]] = {}
         for c in levels:
             n_req = n1 if c == 1 else args.rounds * c
-            seen = len(state.scheduler.batch_log)
+            before = state.backend.stats()
             res[c] = asyncio.run(load_level(srv.url, mode, c, n_req, tokens, args.time_limit))
-            sizes = [len(b.job_ids) for b in list(state.scheduler.batch_log)[seen:]]
-            res[c]["batches"] = len(sizes)
-            res[c]["mean_batch"] = round(sum(sizes) / max(1, len(sizes)), 2)
+            after = state.backend.stats()
+            steps = after["decode_steps"] - before["decode_steps"]
+            rows = after["decode_rows"] - before["decode_rows"]
+            res[c]["decode_steps"] = steps
+            res[c]["mean_batch"] = round(rows / max(1, steps), 2)
             rep.row(
                 f"C={c}",
                 section=f"workload: {mode} ({tokens} tokens/request, {args.dtype})",
@@ -279,7 +281,7 @@ def run_levels(rep: Report, srv: ServerThread, args: Any, levels: list[int], tok
         paired = paired_overhead(state, srv.url, mode, n1, tokens)
         overhead = paired["paired_overhead"]
         rep.row(
-            "in-process Engine.generate, C=1",
+            "in-process GenerationService.complete, C=1",
             section=f"workload: {mode} ({tokens} tokens/request, {args.dtype})",
             requests=n1,
             tok_s=base_tok / (base_s * n1),
@@ -294,7 +296,7 @@ def run_levels(rep: Report, srv: ServerThread, args: Any, levels: list[int], tok
         top = 8 if 8 in res else max(res)
         sp = res[top]["tok_s"] / res[1]["tok_s"]
         rep.target(f"{mode}: throughput C={top} / C=1", sp, ">= 3", sp >= 3.0)
-    rep.extra["cache_stats"] = state.backend.cache_stats()
+    rep.extra["cache_stats"] = state.backend.stats()["cache"]
     rep.notes.append(
         "server and load generator share one process (uvicorn in a thread, httpx.AsyncClient); "
         f"C=1 sends {n1} requests, C>1 sends {args.rounds}·C requests; greedy; mean_batch = "

@@ -115,6 +115,13 @@ class RequestTimeoutError(PrefvecError, TimeoutError):
     code = "timeout"
 
 
+class ClientDisconnectedError(PrefvecError, ConnectionError):
+    """The client went away before its response was ready (logged as a client event)."""
+
+    status_code = 499
+    code = "client_disconnected"
+
+
 class IntegrityError(PrefvecError):
     """Stored data failed its integrity check (sha256 mismatch, missing blob)."""
 

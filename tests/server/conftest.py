@@ -125,7 +125,7 @@ def server_settings(tmp: Path, base_dir: Path, **kw):  # type: ignore[no-untyped
 
     defaults = dict(
         base=str(base_dir), home=tmp / "home", store_dir=tmp / "store", device="cpu",
-        max_wait_ms=20, max_tokens_limit=64, default_max_tokens=16, max_prompt_tokens=256,
+        max_tokens_limit=64, default_max_tokens=16, max_prompt_tokens=256,
         max_body_bytes=16384, max_vectors_per_request=3, operator_keys=[OPERATOR_KEY],
     )  # fmt: skip
     defaults.update(kw)

@@ -19,14 +19,14 @@ def slow_live(srv_base_dir: Path, vector_files: dict[str, Path], tmp_path: Path)
     make_store(tmp_path / "store", srv_base_dir, vector_files)
     settings = server_settings(tmp_path, srv_base_dir, max_batch_size=1, max_tokens_limit=400)
     server = LiveServer(settings).start()
-    backend = server.state.engine.backend
-    original = backend._step_row
+    backend = server.state.backend
+    original = backend._sample_and_emit
 
     def slow_step(row, logits):  # type: ignore[no-untyped-def]
         time.sleep(STEP_DELAY_S)
         return original(row, logits)
 
-    backend._step_row = slow_step
+    backend._sample_and_emit = slow_step
     yield server
     server.stop()
 
@@ -34,7 +34,7 @@ def slow_live(srv_base_dir: Path, vector_files: dict[str, Path], tmp_path: Path)
 def test_disconnect_mid_stream_frees_the_slot(slow_live: LiveServer) -> None:
     body = {"prompt": "hello", "max_tokens": 400, "temperature": 0, "stream": True,
             "stop": None}  # fmt: skip
-    scheduler = slow_live.state.scheduler
+    backend = slow_live.state.backend
     with httpx.Client(base_url=slow_live.url, timeout=30) as client:
         with client.stream("POST", "/v1/completions", json=body) as resp:
             assert resp.status_code == 200
@@ -43,9 +43,9 @@ def test_disconnect_mid_stream_frees_the_slot(slow_live: LiveServer) -> None:
             assert any(line.startswith("data: ") for line in got)
         # the abandoned job leaves the batch within a few decode steps
         deadline = time.monotonic() + 5
-        while scheduler.running and time.monotonic() < deadline:
+        while backend.stats()["running"] and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert scheduler.running == 0
+        assert backend.stats()["running"] == 0
         start = time.monotonic()
         r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3, "temperature": 0})
         waited = time.monotonic() - start

@@ -52,9 +52,9 @@ def test_weights_change_output_deterministically(
 def test_concurrent_requests_share_a_batch(live: LiveServer) -> None:
     a_prefs, b_prefs = {"concise": 1.0}, {"warm": -1.0, "concise": 0.3}
     alone = [text_of(chat(live.url, a_prefs)), text_of(chat(live.url, b_prefs, prompt="Hi"))]
-    sched = live.state.scheduler
+    backend = live.state.backend
     results: dict[int, httpx.Response] = {}
-    sched.pause()
+    backend.pause()
     try:
         threads = [
             threading.Thread(target=lambda: results.__setitem__(0, chat(live.url, a_prefs))),
@@ -65,14 +65,14 @@ def test_concurrent_requests_share_a_batch(live: LiveServer) -> None:
         for t in threads:
             t.start()
         deadline = time.monotonic() + 10
-        while sched.queue_depth < 2 and time.monotonic() < deadline:
+        while backend.stats()["queue_depth"] < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
-        sched.resume()
+        backend.resume()
     for t in threads:
         t.join(30)
     ids = {results[i].json()["id"].removeprefix("chatcmpl-") for i in (0, 1)}
-    assert any(set(rec.job_ids) == ids for rec in sched.batch_log)
+    assert any(set(step) == ids for step in backend.counters.step_log)
     assert [text_of(results[0]), text_of(results[1])] == alone
 
 
@@ -259,7 +259,8 @@ def test_metrics_exposed(live: LiveServer) -> None:
     names = (
         "prefvec_requests_total", "prefvec_request_latency_seconds",
         "prefvec_completion_tokens_total", "prefvec_queue_depth", "prefvec_merge_cache_hits_total",
-        "prefvec_merge_cache_misses_total", "prefvec_merges_built_total", "prefvec_batch_size",
+        "prefvec_merge_cache_misses_total", "prefvec_merges_built_total",
+        "prefvec_decode_steps_total", "prefvec_decode_rows_total",
     )  # fmt: skip
     for name in names:
         assert name in text
@@ -275,20 +276,20 @@ def test_queue_full_and_timeout(srv_base_dir, vector_files, tmp_path: Path) -> N
         server_settings(tmp_path, srv_base_dir, max_queue=1, request_timeout_s=1.0)
     ).start()
     try:
-        sched = server.state.scheduler
-        sched.pause()
+        backend = server.state.backend
+        backend.pause()
         first: dict[str, httpx.Response] = {}
         t = threading.Thread(target=lambda: first.__setitem__("r", chat(server.url)))
         t.start()
-        while sched.queue_depth < 1:
+        while backend.stats()["queue_depth"] < 1:
             time.sleep(0.01)
         full = chat(server.url)
         assert full.status_code == 429 and full.headers["Retry-After"] == "1"
         assert "`max_queue` = 1" in full.json()["error"]["message"]
         t.join(10)
         assert first["r"].status_code == 504 and "request_timeout_s" in first["r"].text
-        assert sched.queue_depth == 0  # the timed-out job left the queue
-        sched.resume()
+        assert backend.stats()["queue_depth"] == 0  # the timed-out request left the queue
+        backend.resume()
         assert_healthy(server.url)
     finally:
         server.stop()

@@ -54,8 +54,8 @@ def create_app(
             yield
         finally:
             await asyncio.wait([loader], timeout=30)
-            if state.scheduler is not None:
-                state.scheduler.stop()
+            if state.backend is not None and state.ready.is_set():
+                state.backend.close()
 
     app = FastAPI(
         title="prefvec",

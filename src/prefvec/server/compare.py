@@ -1,9 +1,9 @@
 """Side-by-side comparison of recipes / preference sets on a list of prompts (HTTP-free).
 
-Outputs come from a ``generate`` coroutine the caller supplies (the server passes its scheduler,
-so all prompt × candidate jobs are batched together). Scores come from scorers registered here by
-name (:mod:`prefvec.scoring`'s registry, plus compare-only ones registered here); a scorer maps
-``(prompt, output) -> float`` and says whether higher is better. Win rate of
+Outputs come from a ``generate_all`` coroutine the caller supplies (the server passes its serving
+service, which admits all prompt × candidate generations together). Scores come from the one
+scorer registry, :mod:`prefvec.scoring`; a scorer maps ``(prompt, output) -> float`` and says
+whether higher is better. Win rate of
 candidate a over b on a scorer: wins + ties/2 over the prompts, with a Wilson 95% interval.
 """
 
@@ -27,7 +27,10 @@ from prefvec.protocol import (
 )
 from prefvec.server.experiments import wilson_interval
 
-Generate = Callable[[str, CompareCandidate], Awaitable[tuple[str, PrefvecInfo]]]
+GenerateAll = Callable[
+    [list[tuple[str, CompareCandidate]]], Awaitable[list[tuple[str, PrefvecInfo]]]
+]
+"""Generates every (prompt, candidate) at once and returns (text, info) in the same order."""
 
 
 @dataclass(frozen=True)
@@ -39,49 +42,33 @@ class Scorer:
     higher_is_better: bool = True
 
 
-_SCORERS: dict[str, Scorer] = {}
-_BUILT: dict[str, Scorer] = {}
-
-
-def register_scorer(
-    name: str, fn: Callable[[str, str], float], higher_is_better: bool = True
-) -> None:
-    """Add a compare-only scorer ``fn(prompt, output) -> float`` under ``name`` (it shadows a
-    :mod:`prefvec.scoring` scorer of the same name)."""
-    _SCORERS[name] = Scorer(name, fn, higher_is_better)
-
-
 def _usable(name: str) -> bool:
     """Scorers of :mod:`prefvec.scoring` that need no options and no reference answers."""
     return name not in ("reward_model", "llm_judge", "embedding_similarity")
 
 
 def available_scorers() -> list[str]:
-    """Compare-only scorers plus the option-free scorers of :mod:`prefvec.scoring`."""
+    """The option-free scorers of :mod:`prefvec.scoring` (the one scorer registry)."""
     from prefvec.scoring import available_scorers as registry_names
 
-    return sorted(set(_SCORERS) | {n for n in registry_names() if _usable(n)})
+    return sorted(n for n in registry_names() if _usable(n))
 
 
 def get_scorer(name: str) -> Scorer:
-    """The scorer ``name`` (built once from the :mod:`prefvec.scoring` registry).
+    """The scorer ``name``, built from the :mod:`prefvec.scoring` registry.
 
     Raises:
         ValidationError: an unknown name, or one that needs options or references (the message
             lists the usable names).
     """
-    if name in _SCORERS:
-        return _SCORERS[name]
-    if name not in _BUILT:
-        if name not in available_scorers():
-            raise ValidationError(
-                f"`scorers` must be among {available_scorers()}, got {name!r}", field="scorers"
-            )
-        from prefvec.scoring import get_scorer as build
+    if name not in available_scorers():
+        raise ValidationError(
+            f"`scorers` must be among {available_scorers()}, got {name!r}", field="scorers"
+        )
+    from prefvec.scoring import get_scorer as build
 
-        scorer = build(name)
-        _BUILT[name] = Scorer(name, scorer.score_one, scorer.info.higher_is_better)
-    return _BUILT[name]
+    scorer = build(name)
+    return Scorer(name, scorer.score_one, scorer.info.higher_is_better)
 
 
 def candidate_label(c: CompareCandidate, index: int) -> str:
@@ -116,9 +103,10 @@ def win_rates(
 
 
 async def run_compare(
-    req: CompareRequest, generate: Generate, default_scorers: Sequence[str] = ()
+    req: CompareRequest, generate_all: GenerateAll, default_scorers: Sequence[str] = ()
 ) -> CompareResponse:
-    """Generate every prompt × candidate concurrently, score, summarise."""
+    """Generate every prompt × candidate (scorers are built first, so an unusable one fails
+    before any generation), score, summarise."""
     names = list(req.scorers if req.scorers is not None else default_scorers)
     scorers = [get_scorer(n) for n in names]
     labels = [candidate_label(c, i) for i, c in enumerate(req.candidates)]
@@ -126,8 +114,7 @@ async def run_compare(
         raise ValidationError(
             f"`candidates` labels must be unique, got {labels}", field="candidates"
         )
-    tasks = [[generate(p, c) for c in req.candidates] for p in req.prompts]
-    flat = await asyncio.gather(*[t for row in tasks for t in row])
+    flat = await generate_all([(p, c) for p in req.prompts for c in req.candidates])
     # Scorers may block (a model forward, an HTTP judge): score off the event loop.
     scored = await asyncio.to_thread(
         lambda: [

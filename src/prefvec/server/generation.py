@@ -9,13 +9,12 @@ start of a stop string before it is known not to be one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from prefvec.protocol import TEMPERATURE_GREEDY_BELOW
+from prefvec.protocol import TEMPERATURE_GREEDY_BELOW, FinishReason
 
-FinishReason = Literal["stop", "length"]
 _REPLACEMENT = "\ufffd"
 
 
@@ -29,6 +28,9 @@ class SamplingParams:
         top_p: nucleus sampling mass in (0, 1].
         seed: seeds the request's own generator (sampling is reproducible per request).
         stop: stop strings; the text ends before the first one found.
+        logprobs: None for no log-probabilities; k >= 0 for the sampled token's log-probability
+            and its top-k alternatives at each generated position.
+        prompt_logprobs: None, or k >= 0 for the prompt tokens' log-probabilities (top-k each).
     """
 
     max_tokens: int = 16
@@ -36,13 +38,16 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def generator(self, device: str | torch.device = "cpu") -> torch.Generator | None:
-        """A generator seeded with :attr:`seed` (None for greedy decoding)."""
+    def generator(self, device: str | torch.device) -> torch.Generator | None:
+        """A generator seeded with :attr:`seed` on ``device`` -- the device of the logits it will
+        sample from (``torch.multinomial`` needs both on one device); None for greedy decoding."""
         if self.greedy:
             return None
         gen = torch.Generator(device=device)
@@ -89,7 +94,7 @@ def _held_stop_prefix(text: str, stops: tuple[str, ...]) -> int:
 
 
 class TextStream:
-    """Incremental detokenisation of one sequence, with stop strings.
+    """Incremental detokenisation of one sequence, with stop strings, in O(new tokens) a step.
 
     Args:
         tokenizer: a Hugging Face tokenizer (``decode``).
@@ -97,45 +102,68 @@ class TextStream:
 
     Call :meth:`push` per generated (non-EOS) token and :meth:`flush` once at the end; both
     return the text delta to emit. After a stop string, :attr:`finish_reason` is ``"stop"``.
+
+    Only a short window of ids is decoded per step (the offsets trick of incremental
+    detokenisers): ``decode(ids[prefix:])`` minus ``decode(ids[prefix:read])`` is the new text,
+    where ``prefix``..``read`` are the ids that produced the previous piece. Decoding the window
+    with its left context keeps tokenizers that drop a leading space right.
     """
 
     def __init__(self, tokenizer: Any, stop: tuple[str, ...] = ()) -> None:
         self.tokenizer = tokenizer
         self.stop = tuple(s for s in stop if s)
+        self._longest_stop = max((len(s) for s in self.stop), default=0)
         self.ids: list[int] = []
+        self._prefix = 0  # window start: ids before it are never decoded again
+        self._read = 0  # ids up to here have produced text
+        self._decoded = ""  # all complete text decoded so far
         self.emitted = ""
         self.finish_reason: FinishReason | None = None
 
-    def _text(self) -> str:
-        return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
-    def _delta(self, upto: str) -> str:
-        if not upto.startswith(self.emitted) or len(upto) <= len(self.emitted):
+    def _advance(self) -> None:
+        """Append the text the ids since the last piece complete (none while a UTF-8 character
+        is still incomplete)."""
+        before = self._decode(self.ids[self._prefix : self._read])
+        after = self._decode(self.ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith(_REPLACEMENT):
+            return
+        self._decoded += after[len(before) :]
+        self._prefix, self._read = self._read, len(self.ids)
+
+    def _delta(self, upto: int) -> str:
+        if upto <= len(self.emitted):
             return ""
-        delta = upto[len(self.emitted) :]
-        self.emitted = upto
+        delta = self._decoded[len(self.emitted) : upto]
+        self.emitted = self._decoded[:upto]
         return delta
 
     def push(self, token_id: int) -> str:
         """Add one token; return the text that is now safe to emit."""
         self.ids.append(token_id)
-        text = self._text()
+        self._advance()
+        text = self._decoded
         if self.stop:
-            start = max(0, len(self.emitted) - max(len(s) for s in self.stop))
+            start = max(0, len(self.emitted) - self._longest_stop)
             hits = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
             if hits:
                 self.finish_reason = "stop"
-                return self._delta(text[: min(hits)])
-        if text.endswith(_REPLACEMENT):
-            return ""  # an incomplete UTF-8 sequence: wait for the next token
-        held = _held_stop_prefix(text, self.stop)
-        return self._delta(text[: len(text) - held])
+                return self._delta(min(hits))
+        tail = text[max(len(self.emitted), len(text) - self._longest_stop) :]
+        return self._delta(len(text) - _held_stop_prefix(tail, self.stop))
 
     def flush(self) -> str:
         """The remaining text at the end of generation (unless a stop string ended it)."""
         if self.finish_reason == "stop":
             return ""
-        return self._delta(self._text())
+        rest = self._decode(self.ids[self._prefix :])
+        before = self._decode(self.ids[self._prefix : self._read])
+        if len(rest) > len(before):
+            self._decoded += rest[len(before) :]
+            self._prefix = self._read = len(self.ids)
+        return self._delta(len(self._decoded))
 
     @property
     def text(self) -> str:

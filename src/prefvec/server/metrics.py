@@ -41,6 +41,13 @@ class _LiveCollector(Collector):
             "Bytes held by the merged-weight cache.",
             value=cache.get("nbytes", 0),
         )
+        for name, doc in (
+            ("decode_steps", "Decode steps run (one token for every running row)."),
+            ("decode_rows", "Rows summed over decode steps (mean batch = rows / steps)."),
+            ("prefill_chunks", "Prefill chunks run."),
+        ):
+            if name in s:
+                yield CounterMetricFamily(f"prefvec_{name}", doc, value=s[name])
         yield CounterMetricFamily(
             "prefvec_merges_built",
             "Dense merges built in place.",
@@ -77,9 +84,11 @@ class Metrics:
         self.generations = Counter(
             "prefvec_generations", "Finished generations.", ["path", "finish_reason"], registry=r
         )
-        self.batches = Counter("prefvec_batches", "Batches run.", ["group"], registry=r)
-        self.batch_size = Histogram(
-            "prefvec_batch_size", "Rows per batch.", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64)
+        self.stream_errors = Counter(
+            "prefvec_stream_errors",
+            "Streams ended by an error after their first byte.",
+            ["code"],
+            registry=r,
         )
         self.rejected = Counter(
             "prefvec_rejected",

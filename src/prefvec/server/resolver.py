@@ -1,15 +1,19 @@
-"""The generation service, free of HTTP: resolve a request's preferences into a pinned merge,
-validate its bounds, and run batches of jobs on the backend.
+"""Request resolution, free of HTTP: a request's preferences, recipe or model name become a pinned
+merge with a serving path, checked against the settings' bounds and the backend's capabilities.
 
-Serving paths (chosen in :meth:`Engine.resolve`):
+Serving paths (chosen in :meth:`Resolver.resolve`):
 
-* ``base``: no vectors, or every weight zero. Joins any mixing batch as a row with no weights.
+* ``base``: no vectors, or every weight zero. Shares any mixing batch as a row with no weights.
 * ``lowrank``: every vector is low-rank and the method is ``linear``. No merge at all: each
   linear layer adds ``Σ_i w_{r,i} B_i (A_i x)`` for row r (:class:`prefvec.merging.LowRankMixer`),
-  so one batch mixes requests with different weights.
+  or (vLLM) the recipe is one exact concatenated adapter, so one batch mixes requests with
+  different weights.
 * ``dense``: anything else (dense vectors, or a non-linear method that needs dense deltas, low-rank
-  vectors densified as ``B @ A``). Batches are grouped by the spec's canonical key and the merged
+  vectors densified as ``B @ A``). Requests are grouped by the spec's canonical key and the merged
   weights come from the merged-weight cache or are built in place.
+
+A path the backend does not declare in its :class:`~prefvec.server.backends.base.Capabilities`
+is refused here with a 4xx, before anything is queued.
 """
 
 from __future__ import annotations
@@ -17,69 +21,30 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any
 
 from prefvec.errors import (
     BadRequestError,
     NotFoundError,
-    PrefvecError,
-    RequestTimeoutError,
     ValidationError,
 )
 from prefvec.merging.spec import MergeSpec
-from prefvec.protocol import MergeOptions, PrefvecInfo, Usage
-from prefvec.server.generation import FinishReason, SamplingParams
+from prefvec.protocol import MergeOptions, PrefvecInfo, ServingPath
+from prefvec.server.generation import SamplingParams
 
 if TYPE_CHECKING:
-    from prefvec.server.backends.base import Backend, Delta
+    from prefvec.server.backends.base import Backend
     from prefvec.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-ServingPath = Literal["base", "lowrank", "dense"]
 MIX_GROUP = "<mix>"  # group key of base + low-rank jobs (they share any batch)
 
 
-# ------------------------------------------------------------------------------------ jobs
-
-
-class JobSink(Protocol):
-    """Receives one job's events (called from the scheduler's worker thread)."""
-
-    def on_start(self) -> None: ...
-    def on_text(self, delta: str) -> None: ...
-    def on_finish(self, reason: FinishReason, usage: Usage) -> None: ...
-    def on_error(self, exc: BaseException) -> None: ...
-
-
-class CollectingSink:
-    """A sink that gathers the whole output (for HTTP-free use and tests)."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.reason: FinishReason | None = None
-        self.usage: Usage | None = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-
-    def on_start(self) -> None:
-        pass
-
-    def on_text(self, delta: str) -> None:
-        self.text += delta
-
-    def on_finish(self, reason: FinishReason, usage: Usage) -> None:
-        self.reason, self.usage = reason, usage
-        self.done.set()
-
-    def on_error(self, exc: BaseException) -> None:
-        self.error = exc
-        self.done.set()
+# -------------------------------------------------------------------------------- resolved
 
 
 @dataclass(frozen=True)
@@ -128,61 +93,12 @@ def cache_ref(ref: str, sha256: str) -> str:
     return f"{ref}#{sha256[:16]}"
 
 
-@dataclass
-class Job:
-    """One generation request in the scheduler."""
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    resolved: Resolved
-    sink: JobSink
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
-    deadline: float | None = None  # time.monotonic() deadline
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    finished: bool = False
-
-    @property
-    def group_key(self) -> str:
-        return self.resolved.group_key
-
-    @property
-    def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
-
-    @property
-    def live(self) -> bool:
-        """Neither finished, cancelled nor past its deadline."""
-        return not (self.finished or self.cancelled.is_set() or self.expired)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def finish(self, reason: FinishReason, completion_tokens: int) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        n = len(self.prompt_ids)
-        usage = Usage(
-            prompt_tokens=n, completion_tokens=completion_tokens, total_tokens=n + completion_tokens
-        )
-        self.sink.on_finish(reason, usage)
-
-    def fail(self, exc: BaseException) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        self.sink.on_error(exc)
-
-    def emit(self, delta: str) -> None:
-        if delta:
-            self.sink.on_text(delta)
+# -------------------------------------------------------------------------------- resolver
 
 
-# ---------------------------------------------------------------------------------- engine
-
-
-class Engine:
-    """Resolves requests against the store and runs batches on the backend.
+class Resolver:
+    """Resolves requests against the store, within the settings' bounds and the backend's
+    declared capabilities; also the LRU of loaded vectors that backends read through.
 
     Args:
         settings: server settings (bounds).
@@ -195,7 +111,6 @@ class Engine:
         self.store = store
         self.backend = backend
         self._vectors: OrderedDict[str, Any] = OrderedDict()  # cache ref -> PreferenceVector
-        self._mixer_refs: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- resolution --------------------------------------------------------------------------
@@ -312,6 +227,7 @@ class Engine:
         vectors: dict[str, int] = {}
         kinds: dict[str, str] = {}
         shas: dict[str, str] = {}
+        ranks: dict[str, int] = {}
         missing: list[str] = []
         for ref, w in weights.items():
             try:
@@ -326,19 +242,47 @@ class Engine:
                 )
             pinned[key] = pinned.get(key, 0.0) + float(w)
             vectors[rec.name], kinds[key], shas[key] = rec.version, rec.kind, rec.sha256
+            ranks[key] = int(rec.metadata.rank or 0)
         if missing:
             raise NotFoundError("; ".join(missing), problems=missing, field=field_name)
         spec = MergeSpec(method=method, weights=pinned, density=density, seed=seed)  # type: ignore[arg-type]
-        return Resolved(spec, self._path(spec, kinds), vectors, kinds, shas, recipe)
+        path = self._path(spec, kinds, field_name)
+        if path == "lowrank":
+            self._check_rank(spec, ranks, field_name)
+        return Resolved(spec, path, vectors, kinds, shas, recipe)
 
-    @staticmethod
-    def _path(spec: MergeSpec, kinds: Mapping[str, str]) -> ServingPath:
+    def _check_rank(self, spec: MergeSpec, ranks: Mapping[str, int], field_name: str) -> None:
+        limit = self.backend.capabilities.max_lowrank_rank
+        total = sum(ranks.get(ref, 0) for ref, w in spec.weights if w != 0.0)
+        if limit is not None and total > limit:
+            raise BadRequestError(
+                f"`{field_name}` combines vectors of total rank {total}; backend "
+                f"{self.backend.name!r} serves at most rank {limit} (`max_lora_rank`)",
+                field=field_name,
+            )
+
+    def _path(self, spec: MergeSpec, kinds: Mapping[str, str], field_name: str) -> ServingPath:
+        """The serving path of ``spec``, among those the backend declares."""
         if spec.is_base:
             return "base"
-        used = [kinds[ref] for ref, w in spec.weights if w != 0.0]
-        if spec.method == "linear" and all(k == "lowrank" for k in used):
+        caps = self.backend.capabilities
+        used = {ref: kinds[ref] for ref, w in spec.weights if w != 0.0}
+        mixable = spec.method == "linear" and all(k == "lowrank" for k in used.values())
+        if mixable and caps.lowrank_mixing:
             return "lowrank"
-        return "dense"
+        if caps.dense_recipes:
+            return "dense"
+        dense = sorted(ref for ref, k in used.items() if k != "lowrank")
+        why = (
+            f"dense vectors {dense}"
+            if dense
+            else f"method {spec.method!r} (only 'linear' keeps low-rank vectors low-rank)"
+        )
+        raise BadRequestError(
+            f"backend {self.backend.name!r} serves linear recipes over low-rank vectors only; "
+            f"`{field_name}` needs {why}",
+            field=field_name,
+        )
 
     # -- prompts and bounds ------------------------------------------------------------------
 
@@ -364,14 +308,32 @@ class Engine:
             raise ValidationError(
                 f"`{field_name}` must not be empty, got {text!r}", field=field_name
             )
-        limit = self.settings.max_prompt_tokens
-        if len(ids) > limit:
+        self._check_length(len(ids), field_name)
+        return ids
+
+    def check_ids(self, ids: Sequence[int], field_name: str = "prompt") -> list[int]:
+        """Token ids given directly: non-empty, in the vocabulary, within ``max_prompt_tokens``."""
+        vocab = len(self.tokenizer)
+        bad = [
+            i for i in ids if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab
+        ]
+        if not ids or bad:
+            got = "an empty list" if not ids else f"{bad[:5]!r}"
             raise ValidationError(
-                f"`{field_name}` is {len(ids)} tokens long, the limit is `max_prompt_tokens` = "
-                f"{limit}",
+                f"`{field_name}` token ids must be a non-empty list of ids in [0, {vocab}), got "
+                f"{got}",
                 field=field_name,
             )
-        return ids
+        self._check_length(len(ids), field_name)
+        return list(ids)
+
+    def _check_length(self, n: int, field_name: str) -> None:
+        limit = self.settings.max_prompt_tokens
+        if n > limit:
+            raise ValidationError(
+                f"`{field_name}` is {n} tokens long, the limit is `max_prompt_tokens` = {limit}",
+                field=field_name,
+            )
 
     def sampling_params(
         self,
@@ -382,8 +344,16 @@ class Engine:
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         prompt_len: int = 0,
+        logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
     ) -> SamplingParams:
-        """Checked sampling parameters (``max_tokens`` bounded by settings and the context)."""
+        """Checked sampling parameters (``max_tokens`` bounded by settings and the context).
+
+        Raises:
+            ValidationError: ``max_tokens`` over the limit or the context, too many stop strings,
+                log-probabilities the backend cannot give.
+        """
+        self._check_logprobs(logprobs, prompt_logprobs)
         limit = self.settings.max_tokens_limit
         n = self.settings.default_max_tokens if max_tokens is None else max_tokens
         if n > limit:
@@ -400,12 +370,32 @@ class Engine:
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         if len(stops) > 4:
             raise ValidationError(f"`stop` takes at most 4 strings, got {len(stops)}", field="stop")
-        return SamplingParams(n, float(temperature), float(top_p), seed, stops)
+        return SamplingParams(
+            n, float(temperature), float(top_p), seed, stops, logprobs, prompt_logprobs
+        )
 
-    # -- execution (scheduler worker thread) -----------------------------------------------
+    def _check_logprobs(self, logprobs: int | None, prompt_logprobs: int | None) -> None:
+        caps = self.backend.capabilities
+        for name, k, ok in (
+            ("logprobs", logprobs, caps.logprobs),
+            ("prompt_logprobs", prompt_logprobs, caps.prompt_logprobs),
+        ):
+            if k is None:
+                continue
+            if not ok:
+                raise ValidationError(
+                    f"`{name}` is not supported by backend {self.backend.name!r}", field=name
+                )
+            if not 0 <= k <= caps.max_top_logprobs:
+                raise ValidationError(
+                    f"`{name}` must be in [0, {caps.max_top_logprobs}], got {k}", field=name
+                )
 
-    def _vector(self, ref: str, sha: str) -> Any:
-        """The stored vector ``ref`` (LRU of loaded vectors, content-addressed)."""
+    # -- vectors ------------------------------------------------------------------------------
+
+    def vector(self, ref: str, sha: str) -> Any:
+        """The stored vector ``ref`` pinned at ``sha`` (LRU of loaded vectors, content-addressed);
+        the :data:`~prefvec.server.backends.base.VectorSource` backends load through."""
         key = cache_ref(ref, sha)
         with self._lock:
             if key in self._vectors:
@@ -417,89 +407,6 @@ class Engine:
             while len(self._vectors) > self.settings.vector_cache_size:
                 self._vectors.popitem(last=False)
         return vec
-
-    def _prepare_lowrank(self, job: Job, protect: set[str]) -> None:
-        for ref, w in job.resolved.spec.weights:
-            if w == 0.0:
-                continue
-            sha = job.resolved.shas[ref]
-            key = cache_ref(ref, sha)
-            if key in self._mixer_refs:
-                self._mixer_refs.move_to_end(key)
-                continue
-            vec = self._vector(ref, sha)
-            self.backend.ensure_lowrank(key, vec.factors)
-            self._mixer_refs[key] = None
-        protect.update(job.resolved.mix_weights())
-        while len(self._mixer_refs) > self.settings.vector_cache_size:
-            victim = next((k for k in self._mixer_refs if k not in protect), None)
-            if victim is None:
-                break
-            del self._mixer_refs[victim]
-            self.backend.drop_lowrank(victim)
-
-    def _dense_builder(self, resolved: Resolved) -> list[tuple[Delta, float]]:
-        from prefvec.merging.resolve import spec_deltas
-
-        spec = resolved.spec
-        vectors = {ref: self._vector(ref, resolved.shas[ref]) for ref, w in spec.weights if w}
-        return [(delta, w) for delta, w in spec_deltas(spec, vectors)]
-
-    def run_batch(self, jobs: Sequence[Job]) -> None:
-        """Generate for one batch (all dense jobs share one spec key, or all are base/low-rank).
-
-        A job whose vectors fail to load fails alone; the others go on.
-        """
-        live = [j for j in jobs if j.live]
-        for job in jobs:
-            if job.expired and not job.finished:
-                job.fail(RequestTimeoutError("request timed out while queued", field="timeout"))
-        if not live:
-            return
-        dense = live[0].resolved.path == "dense"
-        if dense:
-            resolved = live[0].resolved
-            try:
-                self.backend.activate_dense(
-                    resolved.spec.key, lambda: self._dense_builder(resolved)
-                )
-            except Exception as exc:
-                logger.exception("dense merge %s failed", resolved.spec.key)
-                for job in live:
-                    job.fail(exc)
-                return
-        else:
-            live = self._prepare_mix(live)
-            self.backend.activate_base()
-        if not live:
-            return
-        for job in live:
-            job.sink.on_start()
-        weights = None if dense else [j.resolved.mix_weights() for j in live]
-        self.backend.decode(live, weights)
-
-    def _prepare_mix(self, jobs: Sequence[Job]) -> list[Job]:
-        ok: list[Job] = []
-        protect: set[str] = set()
-        for job in jobs:
-            try:
-                if job.resolved.path == "lowrank":
-                    self._prepare_lowrank(job, protect)
-            except Exception as exc:
-                if not isinstance(exc, PrefvecError):
-                    logger.exception("loading vectors for job %s failed", job.id)
-                job.fail(exc)
-            else:
-                ok.append(job)
-        return ok
-
-    def generate(
-        self, prompt_ids: list[int], params: SamplingParams, resolved: Resolved
-    ) -> CollectingSink:
-        """Run one job synchronously in the calling thread (no scheduler)."""
-        sink = CollectingSink()
-        self.run_batch([Job(prompt_ids, params, resolved, sink)])
-        return sink
 
     def forget(self, name: str) -> None:
         """Drop cached copies of a deleted vector (next use reloads from the store)."""

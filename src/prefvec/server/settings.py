@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomllib
 from pydantic import Field, field_validator, model_validator
@@ -110,12 +110,28 @@ class ServerSettings(BaseSettings):
     log_level: str = "info"
 
     max_batch_size: int = Field(default=8, ge=1, le=256)
-    max_wait_ms: float = Field(default=10.0, ge=0.0, description="How long a batch waits to fill.")
-    max_gather_ms: float = Field(
-        default=100.0,
-        ge=0.0,
-        description="How long a batch may wait in all while announced requests are still being "
-        "prepared (arrival-aware batching).",
+    batching: Literal["continuous", "static"] = Field(
+        default="continuous",
+        description="transformers backend: 'continuous' admits newcomers between decode steps "
+        "(iteration-level batching); 'static' runs each batch to its end (for comparison).",
+    )
+    max_prefill_tokens: int = Field(
+        default=512,
+        ge=1,
+        description="Prompt tokens prefilled per step at most (longer prompts are prefilled in "
+        "chunks between decode steps, so running rows are not stalled for long).",
+    )
+    max_queue_share_compare: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Share of `max_queue` that one /v1/compare request may take.",
+    )
+    max_queue_share_user: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Share of `max_queue` that one user's requests may hold at once.",
     )
     max_queue: int = Field(default=64, ge=1, description="Pending requests before 429.")
     retry_after_s: float = Field(default=1.0, gt=0.0, description="Retry-After sent with a 429.")
@@ -132,6 +148,27 @@ class ServerSettings(BaseSettings):
     max_upload_bytes: int = Field(default=1 << 31, ge=1024, description="Vector uploads.")
     merge_cache_bytes: int = Field(default=2 << 30, ge=0, description="Merged-weight LRU cache.")
     vector_cache_size: int = Field(default=32, ge=1, description="Loaded vectors kept in memory.")
+
+    # vLLM backend (issue 13): one exact LoRA adapter per linear recipe over low-rank vectors
+    max_loras: int = Field(default=8, ge=1, description="vLLM: distinct adapters in one batch.")
+    max_cpu_loras: int = Field(
+        default=32, ge=1, description="vLLM: adapters kept loaded (>= max_loras)."
+    )
+    max_lora_rank: int = Field(
+        default=64,
+        description="vLLM: largest total rank Σr of one recipe; one of 1, 8, 16, 32, 64, 128, "
+        "256, 320, 512 (vLLM's allowed values).",
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, description="vLLM: GPUs per replica.")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0.0, le=1.0, description="vLLM on GPU: share of GPU memory it may use."
+    )
+    vllm_kv_cache_gib: int = Field(
+        default=4, ge=1, description="vLLM on CPU: KV cache size in whole GiB."
+    )
+    adapter_cache_bytes: int = Field(
+        default=1 << 30, ge=1, description="vLLM: bytes of recipe adapter files kept (LRU)."
+    )
 
     operator_keys: list[str] = Field(default_factory=list)
     user_keys: list[str] = Field(default_factory=list)
@@ -173,6 +210,13 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"weight_min ({self.weight_min}) must be < weight_max")
         if self.default_max_tokens > self.max_tokens_limit:
             self.default_max_tokens = self.max_tokens_limit
+        from prefvec.merging.adapters import ALLOWED_MAX_LORA_RANKS
+
+        if self.max_lora_rank not in ALLOWED_MAX_LORA_RANKS:
+            raise ValueError(
+                f"max_lora_rank must be one of {list(ALLOWED_MAX_LORA_RANKS)} (vLLM's values), "
+                f"got {self.max_lora_rank}"
+            )
         return self
 
     @property

@@ -22,21 +22,19 @@ class ServerState:
     settings: ServerSettings
     backend: Any = None
     store: Any = None
-    engine: Any = None
-    scheduler: Any = None
+    resolver: Any = None
+    service: Any = None
     experiments: Any = None
     metrics: Metrics | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     load_error: BaseException | None = None
 
     def live_values(self) -> dict[str, Any]:
-        sched, backend = self.scheduler, self.backend
-        return {
-            "queue_depth": sched.queue_depth if sched else 0,
-            "running": sched.running if sched else 0,
-            "ready": 1 if self.ready.is_set() else 0,
-            "cache": backend.cache_stats() if backend is not None and self.ready.is_set() else {},
-        }
+        backend = self.backend
+        ready = self.ready.is_set()
+        values: dict[str, Any] = backend.stats() if backend is not None and ready else {}
+        values["ready"] = 1 if ready else 0
+        return values
 
     def require_ready(self) -> None:
         if self.ready.is_set():
@@ -66,11 +64,11 @@ def preload_vectors(store: Any, folder: Path) -> int:
 
 
 def start_services(state: ServerState) -> None:
-    """Load backend, store, engine, experiments and the scheduler (background thread)."""
+    """Load backend, store, resolver, experiments and the serving service (background thread)."""
     from prefvec.server.backends import get_backend
-    from prefvec.server.engine import Engine
     from prefvec.server.experiments import ExperimentService
-    from prefvec.server.scheduler import Scheduler
+    from prefvec.server.resolver import Resolver
+    from prefvec.server.service import GenerationService
     from prefvec.vector_store import BaseSpec, LocalStore
 
     s = state.settings
@@ -86,18 +84,12 @@ def start_services(state: ServerState) -> None:
         if s.preload_vectors_dir is not None and s.preload_vectors_dir.is_dir():
             n = preload_vectors(state.store, s.preload_vectors_dir)
             logger.info("preloaded %d vectors from %s", n, s.preload_vectors_dir)
-        state.engine = Engine(s, state.store, backend)
+        state.resolver = Resolver(s, state.store, backend)
         state.experiments = ExperimentService(state.store)
-        state.scheduler = Scheduler(
-            state.engine,
-            max_batch_size=s.max_batch_size,
-            max_wait_ms=s.max_wait_ms,
-            max_gather_ms=s.max_gather_ms,
-            max_queue=s.max_queue,
-            retry_after_s=s.retry_after_s,
-            on_batch=lambda rec, jobs: _count_batch(state, rec, jobs),
+        backend.start(state.resolver.vector)
+        state.service = GenerationService(
+            s, state.resolver, backend, state.experiments, state.metrics
         )
-        state.scheduler.start()
         state.ready.set()
         logger.info("prefvec server ready: base %s, store %s", s.base, s.store_root)
     except BaseException as exc:
@@ -105,9 +97,17 @@ def start_services(state: ServerState) -> None:
         logger.exception("start-up failed")
 
 
-def _count_batch(state: ServerState, record: Any, jobs: list[Any]) -> None:
-    if state.metrics is None:
-        return
-    path = "dense" if jobs and jobs[0].resolved.path == "dense" else "mix"
-    state.metrics.batches.labels(path).inc()
-    state.metrics.batch_size.observe(len(jobs))
+def local_state(settings: ServerSettings, *, backend: Any = None, store: Any = None) -> ServerState:
+    """A started server state without HTTP (the CLI's local generation, the in-process
+    evaluation target, tests): the same services the app runs, loaded in this thread.
+
+    Raises:
+        PrefvecError: start-up failed (the model or the store could not be loaded).
+    """
+    state = ServerState(settings=settings, backend=backend, store=store)
+    start_services(state)
+    if state.load_error is not None:
+        if isinstance(state.load_error, PrefvecError):
+            raise state.load_error
+        raise PrefvecError(f"start-up failed: {state.load_error}") from state.load_error
+    return state

@@ -1,31 +1,125 @@
-"""The interface every generation backend implements (see :mod:`prefvec.server.backends`)."""
+"""The request-level seam between the serving service and a generation backend.
+
+A backend is an asynchronous per-request engine, shaped like vLLM's ``EngineClient``:
+
+* :meth:`Backend.generate` takes one :class:`GenerationRequest` and yields its events
+  (:class:`TextEvent` per decoded piece, then one :class:`FinishEvent`); an error raises from the
+  iterator. Leaving the iterator early (a client that went away) aborts the request.
+* :meth:`Backend.abort` withdraws a request by id, queued or running.
+* :attr:`Backend.capabilities` declares what the backend can serve (per-row low-rank mixing,
+  dense recipes, ranks, log-probabilities); the resolver consults it to pick the serving path or
+  refuse the request with a 4xx before anything is queued.
+
+How requests are batched is the backend's own business: the transformers backend runs its own
+iteration-level batcher; vLLM batches continuously by itself.
+"""
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import torch
+from prefvec.protocol import FinishReason, Usage
 
-    from prefvec.server.engine import Job
+if TYPE_CHECKING:
+    from prefvec.server.generation import SamplingParams
+    from prefvec.server.resolver import Resolved
     from prefvec.server.settings import ServerSettings
 
-Delta = Mapping[str, "torch.Tensor"]
-DeltaBuilder = Callable[[], Sequence[tuple[Delta, float]]]
-FactorsLoader = Callable[[], Mapping[str, tuple["torch.Tensor", "torch.Tensor"]]]
+VectorSource = Callable[[str, str], Any]
+"""``(ref "name@version", sha256) -> PreferenceVector``: how a backend loads a pinned vector."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can serve; the resolver refuses the rest with a 4xx.
+
+    Args:
+        lowrank_mixing: linear recipes over low-rank vectors, per request, batched together.
+        dense_recipes: dense vectors and non-linear methods (TIES, DARE), served as merged
+            weights (requests grouped by recipe).
+        max_lowrank_rank: the largest total rank Σrᵢ of one low-rank recipe (None: unbounded).
+        logprobs: per-token log-probabilities of generated tokens (and their top alternatives).
+        prompt_logprobs: log-probabilities of the prompt tokens (``echo`` scoring).
+        max_top_logprobs: how many alternatives per token at most.
+    """
+
+    lowrank_mixing: bool = True
+    dense_recipes: bool = True
+    max_lowrank_rank: int | None = None
+    logprobs: bool = True
+    prompt_logprobs: bool = True
+    max_top_logprobs: int = 20
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """Log-probability of one token, with the top alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    """New output: the text delta (may be empty while a UTF-8 character or a possible stop
+    string is held back), the token ids it came from, and their log-probabilities if asked."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    """The end of a request: why, token counts, and the prompt's log-probabilities if asked
+    (one entry per prompt token; the first is None, it has no context)."""
+
+    reason: FinishReason
+    usage: Usage
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+
+
+Event = TextEvent | FinishEvent
+
+
+@dataclass
+class GenerationRequest:
+    """One prepared generation: token ids, checked sampling parameters and the pinned merge.
+
+    Args:
+        prompt_ids: the prompt's token ids.
+        params: checked sampling parameters.
+        resolved: the pinned merge and serving path (:class:`~prefvec.server.resolver.Resolved`).
+        id: unique request id (used by :meth:`Backend.abort`).
+        deadline: ``time.monotonic()`` by which it must finish, or None.
+        kind: what asked for it ("chat", "completion", "compare", ...), for fair queueing.
+        user: the caller's user id, for fair queueing.
+    """
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    resolved: Resolved
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
+    deadline: float | None = None
+    kind: str = "generate"
+    user: str | None = None
 
 
 class Backend(ABC):
-    """A live model that the engine switches between recipes and decodes batches with.
+    """A live model serving :class:`GenerationRequest` s (see the module docstring).
 
-    Methods are called from the scheduler's single worker thread (never concurrently), except
-    :meth:`load`, called once at start-up.
+    Lifecycle: ``load()`` (blocking, at start-up, in a worker thread), ``start(vectors)`` once the
+    store is open, then ``generate`` / ``abort`` from the event loop, ``close()`` at shutdown.
     """
 
     name: str = "abstract"
+    capabilities: Capabilities = Capabilities()
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
@@ -35,40 +129,34 @@ class Backend(ABC):
         self.fingerprint: str | None = None
         self.device: str = "cpu"
         self.max_positions: int | None = None
-        self.merges_built = 0
 
     @abstractmethod
     def load(self) -> None:
         """Load the base model and tokenizer; set :attr:`ready`."""
 
     @abstractmethod
-    def activate_base(self) -> None:
-        """Put the model back on the base weights (bit-exact)."""
+    def start(self, vectors: VectorSource) -> None:
+        """Begin serving; ``vectors`` loads the pinned vectors that requests name."""
 
     @abstractmethod
-    def activate_dense(self, key: str, build: DeltaBuilder) -> None:
-        """Serve the dense merge ``key``: from the merged-weight cache, or built by ``build()``."""
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
+        """Yield the request's events; raises the error it failed with.
 
-    @abstractmethod
-    def ensure_lowrank(self, ref: str, load: FactorsLoader) -> None:
-        """Make the low-rank vector ``ref`` available to per-request mixing."""
-
-    @abstractmethod
-    def drop_lowrank(self, ref: str) -> None:
-        """Forget a low-rank vector registered with :meth:`ensure_lowrank`."""
-
-    @abstractmethod
-    def decode(self, jobs: Sequence[Job], weights: Sequence[Mapping[str, float]] | None) -> None:
-        """Generate for ``jobs`` as one batch, streaming through each job's sink.
-
-        Args:
-            jobs: the batch rows.
-            weights: per row ``{lowrank ref: weight}`` for per-request mixing, or None.
+        Raises:
+            QueueFullError: the backend's queue is full (before any event).
+            PrefvecError: the request failed (vectors could not be loaded, timed out, ...).
         """
 
-    def cache_stats(self) -> dict[str, int]:
-        """Merged-weight cache counters (hits, misses, evictions, nbytes, merges_built)."""
-        return {"merges_built": self.merges_built}
+    @abstractmethod
+    def abort(self, request_id: str) -> None:
+        """Withdraw a request (queued or running); unknown ids are ignored."""
+
+    def forget_vector(self, name: str) -> None:  # noqa: B027 - optional hook
+        """A vector was deleted from the store: drop what the backend holds of it."""
+
+    def stats(self) -> dict[str, Any]:
+        """Live figures for ``/metrics``: ``queue_depth``, ``running`` and backend extras."""
+        return {"queue_depth": 0, "running": 0}
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Release the model."""
+        """Stop serving and release the model."""

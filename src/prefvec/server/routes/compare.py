@@ -4,48 +4,56 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from prefvec.errors import ValidationError
-from prefvec.protocol import (
-    ChatCompletionRequest,
-    CompareCandidate,
-    CompareRequest,
-    CompareResponse,
-    CompletionRequest,
-    PrefvecInfo,
-)
+from prefvec.protocol import CompareCandidate, CompareRequest, CompareResponse, PrefvecInfo
+from prefvec.server.backends.base import GenerationRequest
 from prefvec.server.compare import run_compare
 from prefvec.server.deps import Ready, User
-from prefvec.server.routes.generation import _collect, _submit
+from prefvec.server.service import GenerationService, until_disconnected
 
 router = APIRouter(prefix="/v1", tags=["compare"], dependencies=[User])
 MAX_COMPARE_JOBS = 256
 
 
+def _prepare_all(
+    service: GenerationService, req: CompareRequest, pairs: list[tuple[str, CompareCandidate]]
+) -> list[GenerationRequest]:
+    """Every generation of the compare, resolved and checked before any is queued."""
+    out = []
+    sampling: dict[str, Any] = dict(
+        max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed
+    )
+    for i, (prompt, c) in enumerate(pairs):
+        prefix = f"candidates[{i % len(req.candidates)}]."
+        resolved = service.resolve(
+            preferences=c.preferences, recipe=c.recipe, merge=c.merge, field_prefix=prefix
+        )
+        prompt_kw: dict[str, Any] = (
+            {"messages": [{"role": "user", "content": prompt}]} if req.chat else {"prompt": prompt}
+        )
+        out.append(service.prepare(resolved, kind="compare", **prompt_kw, **sampling))
+    return out
+
+
 @router.post("/compare", response_model=CompareResponse)
-async def compare(req: CompareRequest, state: Ready) -> CompareResponse:
+async def compare(req: CompareRequest, state: Ready, request: Request) -> CompareResponse:
     n = len(req.prompts) * len(req.candidates)
     limit = min(MAX_COMPARE_JOBS, state.settings.max_queue)
     if n > limit:
         raise ValidationError(
             f"`prompts` × `candidates` = {n} generations, the limit is {limit}", field="prompts"
         )
+    service = state.service
 
-    async def generate(prompt: str, c: CompareCandidate) -> tuple[str, PrefvecInfo]:
-        common: dict[str, Any] = dict(
-            preferences=c.preferences, recipe=c.recipe, merge=c.merge,
-            max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
-            seed=req.seed,
-        )  # fmt: skip
-        msgs = [{"role": "user", "content": prompt}]
-        if req.chat:
-            creq = ChatCompletionRequest.model_validate({"messages": msgs, **common})
-            job, sink = await _submit(state, creq, lambda: state.engine.encode_chat(msgs))
-        else:
-            preq = CompletionRequest.model_validate({"prompt": prompt, **common})
-            job, sink = await _submit(state, preq, lambda: state.engine.encode_text(prompt))
-        text, _, _ = await _collect(state, job, sink)
-        return text, job.resolved.info()
+    async def generate_all(
+        pairs: list[tuple[str, CompareCandidate]],
+    ) -> list[tuple[str, PrefvecInfo]]:
+        reqs = await run_in_threadpool(_prepare_all, service, req, pairs)
+        done = await service.complete_many(reqs)
+        return [(d.text, d.info) for d in done]
 
-    return await run_compare(req, generate, state.settings.scorers)
+    work = run_compare(req, generate_all, state.settings.scorers)
+    return await until_disconnected(request.receive, work)

@@ -1,17 +1,24 @@
-"""``POST /v1/chat/completions`` and ``POST /v1/completions`` (OpenAI-compatible, SSE streaming)."""
+"""``POST /v1/chat/completions`` and ``POST /v1/completions`` (OpenAI-compatible, SSE streaming).
+
+Routes only parse and shape responses; :class:`~prefvec.server.service.GenerationService` does the
+work. A streaming response is opened only once the first event is there, so an error before it
+(queue full, a vector that fails to load) keeps its HTTP status; an error after it ends the
+stream with an OpenAI-style ``{"error": ...}`` event and ``[DONE]``.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from prefvec.errors import BadRequestError, PrefvecError, ValidationError
+from prefvec.errors import PrefvecError, ValidationError
 from prefvec.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -27,86 +34,32 @@ from prefvec.protocol import (
     PrefvecInfo,
     Usage,
 )
+from prefvec.server.backends.base import FinishEvent, GenerationRequest, TextEvent
 from prefvec.server.deps import Ready, User
-from prefvec.server.engine import Job, Resolved
-from prefvec.server.scheduler import AsyncSink, job_events
+from prefvec.server.service import GenerationService, Stream, until_disconnected
 from prefvec.server.state import ServerState
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["generation"], dependencies=[User])
 
-
-def resolve_request(state: ServerState, req: Any) -> Resolved:
-    """The pinned merge of a request (experiment arm, recipe, model or preferences)."""
-    engine = state.engine
-    if req.experiment is not None:
-        if req.preferences or req.recipe:
-            raise BadRequestError(
-                f"`experiment` ({req.experiment!r}) picks the recipe; do not also send "
-                "`preferences` or `recipe`",
-                field="experiment",
-            )
-        arm = state.experiments.route(req.experiment, req.user)
-        resolved: Resolved = engine.resolve(recipe=arm.recipe)
-        return resolved.with_experiment(req.experiment, arm.name)
-    return engine.resolve(
-        preferences=req.preferences, recipe=req.recipe, merge=req.merge, model=req.model
-    )
+ChunkFn = Callable[[str | None, str | None, Usage | None, PrefvecInfo | None], Any]
 
 
-def _prepare(state: ServerState, req: Any, encode: Callable[[], list[int]], sink: AsyncSink) -> Job:
-    """Resolve, encode and bound-check a request into a job (runs in a worker thread)."""
-    import time as _time
-
-    resolved = resolve_request(state, req)
-    ids = encode()
-    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
-    params = state.engine.sampling_params(
-        max_tokens=max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        seed=req.seed,
-        stop=req.stop,
-        prompt_len=len(ids),
-    )
-    deadline = _time.monotonic() + state.settings.request_timeout_s
-    return Job(ids, params, resolved, sink, deadline=deadline)
+def sampling_of(req: Any) -> dict[str, Any]:
+    """The sampling keyword arguments of a chat or completion request."""
+    return dict(
+        max_tokens=getattr(req, "max_completion_tokens", None) or req.max_tokens,
+        temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=req.stop,
+    )  # fmt: skip
 
 
-async def _submit(
-    state: ServerState, req: Any, encode: Callable[[], list[int]]
-) -> tuple[Job, AsyncSink]:
-    sink = AsyncSink()
-    try:
-        with state.scheduler.arriving():  # a batch being formed waits for this request
-            job = await run_in_threadpool(_prepare, state, req, encode, sink)
-            state.scheduler.submit(job)
-    except PrefvecError as exc:
-        if state.metrics is not None:
-            state.metrics.rejected.labels(exc.code).inc()
-        raise
-    return job, sink
-
-
-def _record_usage(state: ServerState, job: Job, reason: str, usage: Usage) -> None:
-    m = state.metrics
-    if m is None:
-        return
-    path = job.resolved.path
-    m.prompt_tokens.labels(path).inc(usage.prompt_tokens)
-    m.completion_tokens.labels(path).inc(usage.completion_tokens)
-    m.generations.labels(path, reason).inc()
-
-
-async def _collect(state: ServerState, job: Job, sink: AsyncSink) -> tuple[str, str, Usage]:
-    text, reason, usage = "", "length", None
-    async for event in job_events(state.scheduler, job, sink, state.settings.request_timeout_s):
-        if event[0] == "text":
-            text += event[1]
-        elif event[0] == "finish":
-            reason, usage = event[1], event[2]
-    assert usage is not None
-    _record_usage(state, job, reason, usage)
-    return text, reason, usage
+def prepare(service: GenerationService, req: Any, kind: str, **prompt: Any) -> GenerationRequest:
+    """Resolve and prepare a chat/completion request (blocking: runs in a worker thread)."""
+    resolved = service.resolve(
+        preferences=req.preferences, recipe=req.recipe, merge=req.merge, model=req.model,
+        experiment=req.experiment, user=req.user,
+    )  # fmt: skip
+    return service.prepare(resolved, kind=kind, user=req.user, **prompt, **sampling_of(req))
 
 
 def _sse(obj: Any) -> str:
@@ -118,33 +71,38 @@ def _sse(obj: Any) -> str:
     return f"data: {data}\n\n"
 
 
-async def _stream(
-    state: ServerState,
-    job: Job,
-    sink: AsyncSink,
-    chunk: Callable[[str | None, str | None, Usage | None, PrefvecInfo | None], Any],
-    include_usage: bool,
-) -> StreamingResponse:
-    """Wait for the job to start (errors before that keep their HTTP status), then stream."""
-    events = job_events(state.scheduler, job, sink, state.settings.request_timeout_s)
-    first = await events.__anext__()  # ("start",) or an exception
-    info = job.resolved.info()
+def _error_event(state: ServerState, exc: BaseException) -> str:
+    if isinstance(exc, PrefvecError):
+        body = exc.to_dict()
+    else:
+        logger.error("stream failed after its first byte", exc_info=exc)
+        body = {"message": "internal error while streaming", "type": "server_error",
+                "code": "internal_error"}  # fmt: skip
+    if state.metrics is not None:
+        state.metrics.stream_errors.labels(body.get("code", "internal_error")).inc()
+    return f"data: {json.dumps({'error': body})}\n\n"
+
+
+def stream_response(state: ServerState, stream: Stream, chunk: ChunkFn, usage_chunk: Any) -> Any:
+    """SSE of a started stream: a role/info chunk, text chunks, the finish chunk, then the usage
+    chunk if asked for (``choices: []``, as OpenAI sends it), then ``[DONE]``."""
+    info = stream.request.resolved.info()
 
     async def body() -> AsyncIterator[str]:
         try:
             yield _sse(chunk("", None, None, info))
-            if first[0] == "text":
-                yield _sse(chunk(first[1], None, None, None))
-            async for event in events:
-                if event[0] == "text":
-                    yield _sse(chunk(event[1], None, None, None))
-                elif event[0] == "finish":
-                    _record_usage(state, job, event[1], event[2])
-                    yield _sse(chunk(None, event[1], event[2] if include_usage else None, None))
-        except PrefvecError as exc:
-            yield f"data: {json.dumps({'error': exc.to_dict()})}\n\n"
+            async for event in stream.events():
+                if isinstance(event, TextEvent):
+                    if event.text:
+                        yield _sse(chunk(event.text, None, None, None))
+                elif isinstance(event, FinishEvent):
+                    yield _sse(chunk(None, event.reason, None, None))
+                    if usage_chunk is not None:
+                        yield _sse(usage_chunk(event.usage))
+        except Exception as exc:  # after the first byte: tell the client in-band
+            yield _error_event(state, exc)
         finally:
-            await events.aclose()
+            await stream.aclose()
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(
@@ -154,8 +112,12 @@ async def _stream(
     )
 
 
-def _model_name(state: ServerState, req: Any, job: Job) -> str:
+def _model_name(state: ServerState, req: Any) -> str:
     return str(req.model or state.settings.model_name)
+
+
+def _include_usage(req: Any) -> bool:
+    return bool(req.stream_options and req.stream_options.include_usage)
 
 
 @router.post(
@@ -163,11 +125,12 @@ def _model_name(state: ServerState, req: Any, job: Job) -> str:
     response_model=ChatCompletionResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def chat_completions(req: ChatCompletionRequest, state: Ready) -> Any:
+async def chat_completions(req: ChatCompletionRequest, state: Ready, request: Request) -> Any:
     """OpenAI-compatible chat completion with prefvec extension fields."""
+    service = state.service
     messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-    job, sink = await _submit(state, req, lambda: state.engine.encode_chat(messages))
-    cid, created, model = f"chatcmpl-{job.id}", int(time.time()), _model_name(state, req, job)
+    greq = await run_in_threadpool(prepare, service, req, "chat", messages=messages)
+    cid, created, model = f"chatcmpl-{greq.id}", int(time.time()), _model_name(state, req)
     if req.stream:
 
         def chunk(
@@ -184,13 +147,19 @@ async def chat_completions(req: ChatCompletionRequest, state: Ready) -> Any:
                 usage=usage, prefvec=info,
             )  # fmt: skip
 
-        include = bool(req.stream_options and req.stream_options.include_usage)
-        return await _stream(state, job, sink, chunk, include)
-    text, reason, usage = await _collect(state, job, sink)
+        def usage_chunk(usage: Usage) -> ChatCompletionChunk:
+            return ChatCompletionChunk(
+                id=cid, created=created, model=model, choices=[], usage=usage
+            )
+
+        stream = await service.start(greq)
+        return stream_response(state, stream, chunk, usage_chunk if _include_usage(req) else None)
+    done = await until_disconnected(request.receive, service.complete(greq))
     return ChatCompletionResponse(
         id=cid, created=created, model=model,
-        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)],  # type: ignore[arg-type]
-        usage=usage, prefvec=job.resolved.info(),
+        choices=[ChatChoice(message=AssistantMessage(content=done.text),
+                            finish_reason=done.reason)],  # type: ignore[arg-type]
+        usage=done.usage, prefvec=done.info,
     )  # fmt: skip
 
 
@@ -210,11 +179,12 @@ def _completion_prompt(req: CompletionRequest) -> str:
     response_model=CompletionResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def completions(req: CompletionRequest, state: Ready) -> Any:
+async def completions(req: CompletionRequest, state: Ready, request: Request) -> Any:
     """OpenAI-compatible text completion with prefvec extension fields."""
+    service = state.service
     prompt = _completion_prompt(req)
-    job, sink = await _submit(state, req, lambda: state.engine.encode_text(prompt, "prompt"))
-    cid, created, model = f"cmpl-{job.id}", int(time.time()), _model_name(state, req, job)
+    greq = await run_in_threadpool(prepare, service, req, "completion", prompt=prompt)
+    cid, created, model = f"cmpl-{greq.id}", int(time.time()), _model_name(state, req)
     if req.stream:
 
         def chunk(
@@ -227,13 +197,15 @@ async def completions(req: CompletionRequest, state: Ready) -> Any:
                 usage=usage, prefvec=info,
             )  # fmt: skip
 
-        include = bool(req.stream_options and req.stream_options.include_usage)
-        return await _stream(state, job, sink, chunk, include)
-    text, reason, usage = await _collect(state, job, sink)
-    if req.echo:
-        text = prompt + text
+        def usage_chunk(usage: Usage) -> CompletionChunk:
+            return CompletionChunk(id=cid, created=created, model=model, choices=[], usage=usage)
+
+        stream = await service.start(greq)
+        return stream_response(state, stream, chunk, usage_chunk if _include_usage(req) else None)
+    done = await until_disconnected(request.receive, service.complete(greq))
+    text = prompt + done.text if req.echo else done.text
     return CompletionResponse(
         id=cid, created=created, model=model,
-        choices=[CompletionChoice(text=text, finish_reason=reason)],  # type: ignore[arg-type]
-        usage=usage, prefvec=job.resolved.info(),
+        choices=[CompletionChoice(text=text, finish_reason=done.reason)],  # type: ignore[arg-type]
+        usage=done.usage, prefvec=done.info,
     )  # fmt: skip

@@ -36,7 +36,7 @@ async def get_recipe(ref: str, state: Ready) -> RecipeInfo:
 @router.post("", response_model=RecipeInfo, status_code=201, dependencies=[Operator])
 async def create_recipe(req: RecipeCreate, state: Ready) -> RecipeInfo:
     """Save a recipe (weights checked against the server's bounds; refs pinned)."""
-    problems = state.engine.check_weights(req.weights, "weights")
+    problems = state.resolver.check_weights(req.weights, "weights")
     if problems:
         raise ValidationError("; ".join(problems), problems=problems, field="weights")
     saved = await run_in_threadpool(state.store.put_recipe, req.model_dump())

@@ -125,5 +125,6 @@ async def delete_vector(ref: str, state: Ready) -> DeleteResponse:
 
     name, version = parse_ref(ref, "ref")
     await run_in_threadpool(state.store.delete, name, version)
-    state.engine.forget(name)
+    state.resolver.forget(name)
+    state.backend.forget_vector(name)
     return DeleteResponse(object="vector", name=name, version=version)
