@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefvec.cli import main, parse_weights
+from prefvec.cli import main
+from prefvec.weights import parse_weights
 from prefvec.errors import ValidationError
 
 
@@ -106,5 +107,18 @@ def test_cli_startup_imports_no_torch() -> None:
         "import sys, prefvec.cli as c; c.build_parser(); "
         "bad = [m for m in ('torch', 'transformers', 'numpy') if m in sys.modules]; "
         "sys.exit(f'imported {bad}' if bad else 0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_shared_names_have_one_torch_free_home() -> None:
+    """The weights parser and the default base live in torch-free modules, and neither CLI
+    imports the other's module at import time (no cycle)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import prefvec.weights, prefvec.defaults, prefvec.clients.cli; "
+        "assert 'torch' not in sys.modules; assert 'prefvec.cli' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,33 +12,14 @@ import argparse
 import importlib
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_BASE = "bundled:smollm2-135m-instruct"
-
-
-def parse_weights(text: str) -> dict[str, float]:
-    """``"helpful=1,harmless=-0.5"`` -> ``{"helpful": 1.0, "harmless": -0.5}``."""
-    from prefvec.errors import ValidationError
-
-    out: dict[str, float] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = item.partition("=")
-        try:
-            w = float(value) if sep else math.nan
-        except ValueError:
-            w = math.nan
-        if not sep or not name or not math.isfinite(w):
-            raise ValidationError(
-                f"`--weights` items must be name=finite-number, got {item!r}", field="weights"
-            )
-        out[name.strip()] = out.get(name.strip(), 0.0) + w
-    return out
+from prefvec.defaults import DEFAULT_BASE
+from prefvec.weights import parse_weights
 
 
 def _home(args: argparse.Namespace) -> Path:

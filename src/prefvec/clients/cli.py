@@ -56,7 +56,7 @@ def _json_arg(text: str | None, flag: str) -> dict[str, Any]:
 def _weights(text: str | None) -> dict[str, float] | None:
     if not text:
         return None
-    from prefvec.cli import parse_weights
+    from prefvec.weights import parse_weights
 
     return parse_weights(text)
 

@@ -17,11 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-DEFAULT_BASE = "bundled:smollm2-135m-instruct"
+from prefvec.defaults import DEFAULT_BASE
 
 
 def _parse_weights(text: str) -> dict[str, float]:
-    from prefvec.cli import parse_weights
+    from prefvec.weights import parse_weights
 
     return parse_weights(text) if text else {}
 

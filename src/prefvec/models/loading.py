@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
+from prefvec.defaults import DEFAULT_BASE
 from prefvec.errors import NotFoundError, ValidationError
-from prefvec.models.bundled import BUNDLED_PREFIX, DEFAULT_BASE, convert_bundled
+from prefvec.models.bundled import BUNDLED_PREFIX, convert_bundled
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefvec.defaults import DEFAULT_BASE
 from prefvec.errors import ValidationError
 
-DEFAULT_BASE = "bundled:smollm2-135m-instruct"
 STAGES = ("prompts", "rollouts", "profiles", "mine", "fuse", "pairs", "report")
 CLI_STAGES = STAGES[1:]
 
