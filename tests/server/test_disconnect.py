@@ -52,3 +52,23 @@ def test_disconnect_mid_stream_frees_the_slot(slow_live: LiveServer) -> None:
     assert r.status_code == 200
     # With max_batch_size=1, a slot still held would make this wait ~8 s for 400 slow tokens.
     assert waited < 3.0, waited
+
+
+def test_disconnect_before_a_non_streaming_reply_cancels_it(slow_live: LiveServer) -> None:
+    """A plain (non-streaming) request whose client gives up stops generating at once."""
+    body = {"prompt": "hello", "max_tokens": 400, "temperature": 0, "stop": None}
+    backend = slow_live.state.backend
+    with (
+        httpx.Client(base_url=slow_live.url, timeout=0.5) as client,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        client.post("/v1/completions", json=body)  # the client hangs up after 0.5 s
+    deadline = time.monotonic() + 5
+    while backend.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert backend.stats()["running"] == 0, "the abandoned request is still generating"
+    start = time.monotonic()
+    r = httpx.post(slow_live.url + "/v1/completions",
+                   json={"prompt": "hi", "max_tokens": 3, "temperature": 0}, timeout=30)  # fmt: skip
+    assert r.status_code == 200
+    assert time.monotonic() - start < 3.0
