@@ -115,6 +115,20 @@ class RequestTimeoutError(PrefvecError, TimeoutError):
     code = "timeout"
 
 
+class RequestBodyTimeoutError(PrefvecError, TimeoutError):
+    """The request body stopped arriving (``body_read_timeout_s`` without a byte): 408."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class MethodNotAllowedError(BadRequestError):
+    """The path exists but not with this method (the response lists the allowed ones)."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
 class ClientDisconnectedError(PrefvecError, ConnectionError):
     """The client went away before its response was ready (logged as a client event)."""
 

@@ -483,20 +483,37 @@ class CompareResponse(BaseModel):
 # -------------------------------------------------------------------------------- experiments
 
 
-class ExperimentArm(BaseModel):
+TRAFFIC_MAX = 1e6
+ExperimentStatus = Literal["live", "ended", "archived"]
+"""``live`` routes traffic and takes feedback; ``ended`` and ``archived`` do neither (archived
+experiments are left out of the list unless asked for)."""
+
+
+class ExperimentArm(_WireModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    recipe: str = Field(description="Recipe name[@version]; pinned when the experiment is made.")
-    traffic: float = Field(default=1.0, gt=0.0, description="Relative share of users (normalised).")
+    name: Name
+    recipe: str = Field(
+        max_length=200, description="Recipe name[@version]; pinned when the experiment is made."
+    )
+    traffic: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=TRAFFIC_MAX,
+        strict=True,
+        allow_inf_nan=False,
+        description=f"Relative share of users (normalised), in (0, {TRAFFIC_MAX:g}].",
+    )
 
 
-class ExperimentCreate(BaseModel):
+class ExperimentCreate(_WireModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    arms: list[ExperimentArm] = Field(min_length=2)
-    description: str = ""
+    name: Name
+    arms: list[ExperimentArm] = Field(
+        min_length=2, max_length=1024, description="At most the server's `max_experiment_arms`."
+    )
+    description: str = Field(default="", max_length=4096)
 
 
 class ExperimentInfo(BaseModel):
@@ -505,6 +522,8 @@ class ExperimentInfo(BaseModel):
     arms: list[ExperimentArm]
     description: str = ""
     created_at: str | None = None
+    status: ExperimentStatus = "live"
+    ended_at: str | None = None
 
 
 class ExperimentList(BaseModel):
@@ -523,7 +542,10 @@ class ArmReport(BaseModel):
     ci_high: float | None = None
     pairwise_wins: int = 0
     pairwise_losses: int = 0
-    pairwise_win_rate: float | None = None
+    pairwise_ties: int = Field(default=0, description="Pairwise ties and both-bad votes.")
+    pairwise_win_rate: float | None = Field(
+        default=None, description="(wins + ties / 2) / pairwise votes."
+    )
     pairwise_ci_low: float | None = None
     pairwise_ci_high: float | None = None
 
@@ -534,23 +556,43 @@ class ExperimentReport(BaseModel):
     description: str = ""
     arms: list[ArmReport]
     confidence: float = 0.95
+    status: ExperimentStatus = "live"
 
 
-class FeedbackRequest(BaseModel):
-    """A rating of one arm's output, or a pairwise preference between two arms."""
+PairwiseOutcome = Literal["win", "tie", "both_bad"]
+
+
+class FeedbackRequest(_WireModel):
+    """A rating of one arm's output, or a pairwise vote between two arms."""
 
     model_config = ConfigDict(extra="forbid")
 
-    experiment: str
-    user: str | None = Field(default=None, description="User id; the rated arm is the user's arm.")
-    arm: str | None = Field(
-        default=None, description="Arm rated (default: the user's assigned arm)."
+    experiment: str = Field(max_length=64)
+    user: str | None = Field(
+        default=None, max_length=256, description="User id; the rated arm is the user's arm."
     )
-    rating: float | None = Field(default=None, description="A finite score, e.g. 1-5 or 0/1.")
-    preferred: str | None = Field(default=None, description="Pairwise: the winning arm.")
-    rejected: str | None = Field(default=None, description="Pairwise: the losing arm.")
-    completion_id: str | None = None
-    comment: str = ""
+    arm: str | None = Field(
+        default=None, max_length=64, description="Arm rated (default: the user's assigned arm)."
+    )
+    rating: float | None = Field(
+        default=None,
+        strict=True,
+        allow_inf_nan=False,
+        description="A finite score, e.g. 1-5 or 0/1, within the server's `max_abs_rating`.",
+    )
+    preferred: str | None = Field(
+        default=None, max_length=64, description="Pairwise: the winning arm (arm A of a tie)."
+    )
+    rejected: str | None = Field(
+        default=None, max_length=64, description="Pairwise: the losing arm (arm B of a tie)."
+    )
+    outcome: PairwiseOutcome | None = Field(
+        default=None,
+        description="Pairwise only: 'win' (the default: `preferred` beat `rejected`), 'tie' or "
+        "'both_bad' (both count as a tie: half a win each).",
+    )
+    completion_id: str | None = Field(default=None, max_length=256)
+    comment: str = Field(default="", description="At most the server's `max_feedback_chars`.")
 
 
 class FeedbackResponse(BaseModel):
@@ -558,6 +600,37 @@ class FeedbackResponse(BaseModel):
     id: int
     experiment: str
     arm: str | None = None
+    outcome: PairwiseOutcome | None = None
+
+
+class LeaderboardArm(BaseModel):
+    """One arm on an experiment's pairwise leaderboard (``prefvec.server.leaderboard``)."""
+
+    arm: str
+    recipe: str
+    battles: int = Field(description="Pairwise votes this arm was in.")
+    wins: int
+    losses: int
+    ties: int = Field(description="Ties and both-bad votes.")
+    win_rate: float | None = Field(description="(wins + ties / 2) / battles; null before a vote.")
+    win_rate_ci_low: float | None = Field(description="95% Wilson interval of the win rate.")
+    win_rate_ci_high: float | None = None
+    bt_score: float | None = Field(
+        description="Bradley-Terry log-strength (mean 0 over arms; P(i beats j) = "
+        "sigmoid(score_i - score_j)); null before a vote."
+    )
+    bt_ci_low: float | None = Field(
+        description="95% seeded bootstrap interval of bt_score; null with two arms or fewer."
+    )
+    bt_ci_high: float | None = None
+
+
+class Leaderboard(BaseModel):
+    """``GET /v1/experiments/{name}/leaderboard``: arms ranked by Bradley-Terry score."""
+
+    experiment: str
+    n_votes: int = Field(description="Pairwise votes counted.")
+    arms: list[LeaderboardArm]
 
 
 # ------------------------------------------------------------------------------------- health
@@ -603,12 +676,16 @@ __all__ = [
     "ExperimentInfo",
     "ExperimentList",
     "ExperimentReport",
+    "ExperimentStatus",
     "FeedbackRequest",
     "FeedbackResponse",
     "HealthResponse",
+    "Leaderboard",
+    "LeaderboardArm",
     "MergeOptions",
     "ModelCard",
     "ModelList",
+    "PairwiseOutcome",
     "PreferenceFields",
     "PrefvecInfo",
     "ReadyResponse",

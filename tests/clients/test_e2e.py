@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytest.importorskip("prefvec.server.app")
@@ -79,6 +80,11 @@ def test_client_end_to_end(server: LiveServer, vector_files: dict[str, Path], tm
         assert {a.name: a.ratings for a in report.arms}[arm] == 1
         assert [e.name for e in op.list_experiments().data] == ["exp"]
 
+        # a recipe a live experiment pins cannot go (issue 15); once the experiment is ended, it can
+        with pytest.raises(errors.ConflictError):
+            op.delete_recipe("short")
+        auth = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+        assert httpx.post(f"{server.url}/v1/experiments/exp/end", headers=auth).status_code == 200
         # a vector a recipe uses cannot go; after the recipes go, it can
         with pytest.raises(errors.ConflictError):
             op.delete_vector("concise")

@@ -299,9 +299,12 @@ def test_auth_rules() -> None:
     from prefvec.errors import AuthenticationError, PermissionDeniedError
     from prefvec.server.auth import check_operator, check_user
 
-    check_operator(None, "127.0.0.1", [])  # no key configured: loopback only
+    # no key configured: closed, unless loopback trust is opted in (then loopback only)
+    check_operator(None, "127.0.0.1", [], trust_loopback=True)
     with pytest.raises(PermissionDeniedError):
-        check_operator(None, "10.0.0.5", [])
+        check_operator(None, "127.0.0.1", [])
+    with pytest.raises(PermissionDeniedError):
+        check_operator(None, "10.0.0.5", [], trust_loopback=True)
     with pytest.raises(AuthenticationError):
         check_operator(None, "127.0.0.1", ["k"])
     with pytest.raises(PermissionDeniedError):

@@ -11,7 +11,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from prefvec import __version__
-from prefvec.server.errors import install_error_handlers
+from prefvec.server.auth import access_summary
+from prefvec.server.errors import declare_route_errors, install_error_handlers
 from prefvec.server.metrics import Metrics
 from prefvec.server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from prefvec.server.settings import ServerSettings
@@ -21,13 +22,20 @@ logger = logging.getLogger(__name__)
 
 
 def _warn_security(settings: ServerSettings) -> None:
-    if not settings.operator_keys:
+    """Say at start what is open to whom (a warning when operator routes go by address)."""
+    lines = access_summary(
+        settings.operator_keys,
+        settings.user_keys,
+        settings.trust_loopback_operator,
+        settings.trusted_proxies,
+    )
+    for line in lines:
+        logger.info("access: %s", line)
+    if not settings.operator_keys and settings.trust_loopback_operator:
         logger.warning(
-            "no operator key configured (PREFVEC_OPERATOR_KEYS): vector/recipe uploads and "
-            "deletes and experiment creation are served to loopback clients only"
+            "operator routes trust loopback clients without a key: behind a reverse proxy on "
+            "this host every client is loopback; set PREFVEC_OPERATOR_KEYS there"
         )
-    if not settings.user_keys:
-        logger.info("no user keys configured: generation routes are open")
 
 
 def create_app(
@@ -68,10 +76,12 @@ def create_app(
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    declare_route_errors(app)
     app.add_middleware(MetricsMiddleware, state=state)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
+        body_read_timeout_s=settings.body_read_timeout_s,
     )
     return app

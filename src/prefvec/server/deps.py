@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from prefvec.server.auth import check_operator, check_user, extract_key
+from prefvec.server.auth import check_operator, check_user, client_address, extract_key
 from prefvec.server.state import ServerState
 
 
@@ -23,10 +23,14 @@ def ready_state(request: Request) -> ServerState:
 
 
 def require_operator(request: Request) -> None:
-    """Operator key (or loopback when none is configured)."""
+    """Operator key (or, with none configured and the opt-in set, a loopback client)."""
     s = get_state(request).settings
-    host = request.client.host if request.client else None
-    check_operator(extract_key(request.headers), host, s.operator_keys, s.user_keys)
+    peer = request.client.host if request.client else None
+    host = client_address(peer, request.headers.get("x-forwarded-for"), s.trusted_proxies)
+    check_operator(
+        extract_key(request.headers), host, s.operator_keys, s.user_keys,
+        trust_loopback=s.trust_loopback_operator,
+    )  # fmt: skip
 
 
 def require_user(request: Request) -> None:

@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware: request body size bound (413) and request metrics.
+"""Pure-ASGI middleware: request body bounds (413 by size, 408 when it stops arriving) and
+request metrics.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses and client disconnects pass
 through untouched.
@@ -6,30 +7,42 @@ through untouched.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prefvec.errors import PayloadTooLargeError
+from prefvec.errors import PayloadTooLargeError, RequestBodyTimeoutError
 from prefvec.server.errors import error_response
 
 UPLOAD_PATH = "/v1/vectors"
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over the bound: by ``Content-Length`` up front, or while streaming.
+    """Refuse bodies over the bound (by ``Content-Length`` up front, or while streaming) and
+    bodies that stop arriving.
 
     Args:
         app: the wrapped app.
         max_body_bytes: bound of ordinary (JSON) bodies.
         max_upload_bytes: bound of ``POST /v1/vectors`` (multipart uploads).
+        body_read_timeout_s: seconds the server waits for the next piece of a request body
+            (a client that declared more than it sends, or stalls, gets a 408 and the connection
+            is closed instead of held open); None waits for ever.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        max_upload_bytes: int,
+        body_read_timeout_s: float | None = None,
+    ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.max_upload = max_upload_bytes
+        self.timeout = body_read_timeout_s
 
     def _limit(self, scope: Scope) -> tuple[int, str]:
         if scope["method"] == "POST" and scope["path"].rstrip("/") == UPLOAD_PATH:
@@ -50,12 +63,23 @@ class BodyLimitMiddleware:
             )
             await error_response(exc)(scope, receive, send)
             return
-        received = 0
+        received, body_done = 0, False
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done or self.timeout is None:
+                message = await receive()  # after the body: only a disconnect can come
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), self.timeout)
+                except TimeoutError:
+                    raise RequestBodyTimeoutError(
+                        f"the request body stopped arriving: nothing for `body_read_timeout_s` "
+                        f"= {self.timeout:g} s after {received} bytes",
+                        field="body",
+                    ) from None
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise PayloadTooLargeError(

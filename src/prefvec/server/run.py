@@ -25,4 +25,12 @@ def serve(settings: ServerSettings | None = None, **overrides: object) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    # proxy_headers=False: uvicorn would take X-Forwarded-For from any loopback peer; prefvec
+    # reads it itself, from `trusted_proxies` only (prefvec.server.auth.client_address)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=False,
+    )

@@ -27,7 +27,7 @@ from pydantic_settings import (
 from prefvec.errors import ValidationError
 
 DEFAULT_BASE = "bundled:smollm2-135m-instruct"
-_LIST_FIELDS = {"operator_keys", "user_keys", "scorers"}
+_LIST_FIELDS = {"operator_keys", "user_keys", "scorers", "trusted_proxies"}
 
 
 def prefvec_home_dir() -> Path:
@@ -172,6 +172,30 @@ class ServerSettings(BaseSettings):
 
     operator_keys: list[str] = Field(default_factory=list)
     user_keys: list[str] = Field(default_factory=list)
+    # trust (issue 15): nothing is trusted by where it comes from unless the operator says so
+    trust_loopback_operator: bool = Field(
+        default=False,
+        description="With no operator key: serve operator routes to loopback clients (127.0.0.1, "
+        "::1). Opt-in: behind a reverse proxy on the same host every client looks loopback.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Proxy addresses or networks (e.g. 127.0.0.1, 10.0.0.0/8) whose "
+        "X-Forwarded-For names the client; X-Forwarded-For from anyone else is ignored.",
+    )
+    body_read_timeout_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="Seconds to wait for the next piece of a request body before a 408.",
+    )
+    # experiments (issue 15): every number that enters is bounded
+    max_experiment_arms: int = Field(default=16, ge=2, le=1024, description="Arms per experiment.")
+    max_abs_rating: float = Field(
+        default=1e6, gt=0.0, le=1e12, description="Feedback ratings must lie in ±this."
+    )
+    max_feedback_chars: int = Field(
+        default=4096, ge=0, le=1_000_000, description="Characters of a feedback comment."
+    )
     scorers: list[str] = Field(default_factory=list, description="Scorers used by /v1/compare.")
 
     @classmethod
@@ -198,6 +222,21 @@ class ServerSettings(BaseSettings):
             data = {**data, "base": data["base_model"]}
             data.pop("base_model")
         return data
+
+    @field_validator("trusted_proxies", mode="after")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        bad = []
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                bad.append(entry)
+        if bad:
+            raise ValueError(f"`trusted_proxies` takes IP addresses or networks, got {bad}")
+        return v
 
     @field_validator("home", "store_dir", "preload_vectors_dir", mode="after")
     @classmethod

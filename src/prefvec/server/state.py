@@ -66,7 +66,7 @@ def preload_vectors(store: Any, folder: Path) -> int:
 def start_services(state: ServerState) -> None:
     """Load backend, store, resolver, experiments and the serving service (background thread)."""
     from prefvec.server.backends import get_backend
-    from prefvec.server.experiments import ExperimentService
+    from prefvec.server.experiments import ExperimentLimits, ExperimentService
     from prefvec.server.resolver import Resolver
     from prefvec.server.service import GenerationService
     from prefvec.vector_store import BaseSpec, LocalStore
@@ -85,7 +85,7 @@ def start_services(state: ServerState) -> None:
             n = preload_vectors(state.store, s.preload_vectors_dir)
             logger.info("preloaded %d vectors from %s", n, s.preload_vectors_dir)
         state.resolver = Resolver(s, state.store, backend)
-        state.experiments = ExperimentService(state.store)
+        state.experiments = ExperimentService(state.store, ExperimentLimits.from_settings(s))
         backend.start(state.resolver.vector)
         state.service = GenerationService(
             s, state.resolver, backend, state.experiments, state.metrics

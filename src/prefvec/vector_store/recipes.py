@@ -38,6 +38,12 @@ CREATE TABLE IF NOT EXISTS recipe_refs (
     vector_version INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS recipe_refs_vector ON recipe_refs (vector_name, vector_version);
+CREATE TABLE IF NOT EXISTS recipe_pins (
+    holder TEXT NOT NULL,
+    recipe_name TEXT NOT NULL,
+    recipe_version INTEGER NOT NULL,
+    PRIMARY KEY (holder, recipe_name, recipe_version)
+);
 """
 
 
@@ -241,3 +247,28 @@ def recipes_using(conn: sqlite3.Connection, vector: str, version: int | None) ->
         sql, args = sql + " AND vector_version = ?", (vector, version)
     rows = conn.execute(sql + " ORDER BY recipe_name, recipe_version", args).fetchall()
     return [format_ref(n, v) for n, v in rows]
+
+
+def insert_pins(conn: sqlite3.Connection, holder: str, refs: list[tuple[str, int]]) -> None:
+    """Pin recipe versions for ``holder`` (e.g. ``experiment:ab1``); NotFoundError, and nothing
+    pinned, when one of them does not exist (checked in the caller's transaction)."""
+    for name, version in refs:
+        found = conn.execute(
+            "SELECT 1 FROM recipes WHERE name = ? AND version = ?", (name, version)
+        ).fetchone()
+        if found is None:
+            raise NotFoundError(
+                f"recipe {format_ref(name, version)!r} not found (deleted meanwhile?)",
+                field="recipe",
+            )
+        conn.execute("INSERT OR IGNORE INTO recipe_pins VALUES (?, ?, ?)", (holder, name, version))
+
+
+def pin_holders(conn: sqlite3.Connection, name: str, version: int | None) -> list[str]:
+    """``holder (recipe@version)`` of every pin on the recipe (any version when None)."""
+    sql = "SELECT holder, recipe_version FROM recipe_pins WHERE recipe_name = ?"
+    args: tuple[Any, ...] = (name,)
+    if version is not None:
+        sql, args = sql + " AND recipe_version = ?", (name, version)
+    rows = conn.execute(sql + " ORDER BY holder, recipe_version", args).fetchall()
+    return [f"{holder} ({format_ref(name, v)})" for holder, v in rows]

@@ -49,8 +49,10 @@ from prefvec.vector_store.recipes import (
     RECIPE_SCHEMA,
     Recipe,
     delete_recipe_rows,
+    insert_pins,
     insert_recipe,
     latest_recipes,
+    pin_holders,
     recipe_versions,
     recipes_using,
     select_recipe,
@@ -600,7 +602,52 @@ class LocalStore:
             return recipe_versions(conn, name)
 
     def delete_recipe(self, name: str, version: int | None = None) -> int:
-        """Delete one version of a recipe or all of them; returns how many were deleted."""
+        """Delete one version of a recipe or all of them; returns how many were deleted.
+
+        Raises:
+            NotFoundError: no such recipe (version).
+            ConflictError: a holder (a live experiment) pins it; the message names the holders.
+        """
         check_name(name, "name")
         with self._write() as conn:
+            holders = pin_holders(conn, name, version)
+            if holders:
+                raise ConflictError(
+                    f"recipe {format_ref(name, version)!r} is pinned by {', '.join(holders)}; "
+                    "end or delete those first",
+                    field="ref",
+                )
             return delete_recipe_rows(conn, name, version)
+
+    def pin_recipes(
+        self, holder: str, refs: Iterable[str], *, conn: sqlite3.Connection | None = None
+    ) -> None:
+        """Protect recipe versions (``name@N``) from deletion while ``holder`` needs them.
+
+        Args:
+            holder: who pins them, e.g. ``experiment:<name>``.
+            refs: pinned refs ``name@version``.
+            conn: the caller's open transaction (the pins commit or roll back with it).
+
+        Raises:
+            NotFoundError: a recipe version does not exist (nothing is pinned).
+        """
+        pairs = []
+        for ref in refs:
+            rname, rversion = parse_ref(ref, "recipe")
+            if rversion is None:
+                raise ValidationError(f"a pin needs `name@version`, got {ref!r}", field="recipe")
+            pairs.append((rname, rversion))
+        if conn is not None:
+            insert_pins(conn, holder, pairs)
+            return
+        with self._write() as own:
+            insert_pins(own, holder, pairs)
+
+    def unpin_recipes(self, holder: str, *, conn: sqlite3.Connection | None = None) -> None:
+        """Drop every pin of ``holder`` (in ``conn``'s transaction when given)."""
+        if conn is not None:
+            conn.execute("DELETE FROM recipe_pins WHERE holder = ?", (holder,))
+            return
+        with self._write() as own:
+            own.execute("DELETE FROM recipe_pins WHERE holder = ?", (holder,))

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from prefvec.errors import ValidationError
-from prefvec.protocol import DeleteResponse, VectorInfo, VectorList
+from prefvec.protocol import NAME_PATTERN, REF_PATTERN, DeleteResponse, VectorInfo, VectorList
 from prefvec.server.deps import Operator, Ready, User
+from prefvec.server.errors import error_responses
 
 router = APIRouter(prefix="/v1/vectors", tags=["vectors"])
+VectorRef = Annotated[
+    str, Path(pattern=REF_PATTERN, description="Vector `name`, `name@latest` or `name@<version>`.")
+]
+VectorName = Annotated[str, Path(pattern=NAME_PATTERN, description="Vector name.")]
 
 UPLOAD_SCHEMA = {
     "requestBody": {
@@ -48,21 +53,29 @@ async def list_vectors(state: Ready) -> VectorList:
     return VectorList(data=[vector_info(r) for r in await run_in_threadpool(state.store.list)])
 
 
-@router.get("/{ref}", response_model=VectorInfo, dependencies=[User])
-async def get_vector(ref: str, state: Ready) -> VectorInfo:
+@router.get(
+    "/{ref}", response_model=VectorInfo, dependencies=[User], responses=error_responses(404)
+)
+async def get_vector(ref: VectorRef, state: Ready) -> VectorInfo:
     return vector_info(await run_in_threadpool(state.store.record, ref))
 
 
-@router.get("/{name}/versions", response_model=VectorList, dependencies=[User])
-async def vector_versions(name: str, state: Ready) -> VectorList:
+@router.get(
+    "/{name}/versions", response_model=VectorList, dependencies=[User],
+    responses=error_responses(404),
+)  # fmt: skip
+async def vector_versions(name: VectorName, state: Ready) -> VectorList:
     records = await run_in_threadpool(state.store.versions, name)
     if not records:
         await run_in_threadpool(state.store.record, name)  # raises NotFoundError naming it
     return VectorList(data=[vector_info(r) for r in records])
 
 
-@router.get("/{ref}/file", response_class=FileResponse, dependencies=[User])
-async def download_vector(ref: str, state: Ready) -> FileResponse:
+@router.get(
+    "/{ref}/file", response_class=FileResponse, dependencies=[User],
+    responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(404, 500)},
+)  # fmt: skip
+async def download_vector(ref: VectorRef, state: Ready) -> FileResponse:
     rec = await run_in_threadpool(state.store.record, ref)
     path = await run_in_threadpool(state.store.blob_path, rec.ref)
     return FileResponse(
@@ -94,7 +107,7 @@ def _metadata(raw: Any) -> dict[str, Any] | None:
 
 @router.post(
     "", response_model=VectorInfo, status_code=201, dependencies=[Operator],
-    openapi_extra=UPLOAD_SCHEMA,
+    openapi_extra=UPLOAD_SCHEMA, responses=error_responses(400, 404),
 )  # fmt: skip
 async def upload_vector(request: Request, state: Ready) -> VectorInfo:
     """Multipart upload: ``file`` (safetensors, streamed to disk) and optional ``metadata`` JSON.
@@ -118,8 +131,11 @@ async def upload_vector(request: Request, state: Ready) -> VectorInfo:
     return vector_info(rec)
 
 
-@router.delete("/{ref}", response_model=DeleteResponse, dependencies=[Operator])
-async def delete_vector(ref: str, state: Ready) -> DeleteResponse:
+@router.delete(
+    "/{ref}", response_model=DeleteResponse, dependencies=[Operator],
+    responses=error_responses(404, 409),
+)  # fmt: skip
+async def delete_vector(ref: VectorRef, state: Ready) -> DeleteResponse:
     """Delete a version (``name@N``) or every version (``name``); 409 when a recipe uses it."""
     from prefvec.vector_store import parse_ref
 
