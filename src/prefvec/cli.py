@@ -116,33 +116,39 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
+    """Generate through the same serving service the server runs (so the text equals what the
+    server returns for the same recipe, prompt and sampling), in this process."""
+    import asyncio
 
-    from prefvec.merging.resolve import apply_resolved
-    from prefvec.models import load_base
+    from prefvec.protocol import MergeOptions
+    from prefvec.server.settings import ServerSettings
+    from prefvec.server.state import local_state
 
-    resolved = _resolve(args)
-    base = load_base(args.base, dtype=args.dtype, device=args.device, home=args.home)
-    apply_resolved(base.model, resolved)
-    tok = base.tokenizer
-    msgs = [{"role": "user", "content": args.prompt}]
-    enc = tok.apply_chat_template(
-        msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    ).to(base.device)
-    gen: dict[str, Any] = {"max_new_tokens": args.max_tokens, "pad_token_id": tok.pad_token_id}
-    if args.temperature > 0:
-        torch.manual_seed(args.seed)
-        gen.update(do_sample=True, temperature=args.temperature, top_p=args.top_p)
-    else:
-        gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    with torch.no_grad():
-        out = base.model.generate(**enc, **gen)
-    text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    weights = parse_weights(args.weights) if args.weights else {}
+    settings = ServerSettings(
+        base=args.base, home=_home(args), store_dir=Path(args.store) if args.store else None,
+        dtype=args.dtype, device=args.device, log_level="warning",
+        max_tokens_limit=max(args.max_tokens, 1),
+    )  # fmt: skip
+    state = local_state(settings, store=_store(args, need_base=True))
+    try:
+        service = state.service
+        merge = MergeOptions(method=args.method, density=args.density, seed=args.seed)
+        resolved = service.resolve(preferences=weights, merge=merge)
+        req = service.prepare(
+            resolved, messages=[{"role": "user", "content": args.prompt}],
+            max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+            seed=args.seed,
+        )  # fmt: skip
+        done = asyncio.run(service.complete(req))
+    finally:
+        state.backend.close()
     if args.json:
-        _print_json({"text": text, **resolved.describe()})
+        _print_json({"text": done.text, "finish_reason": done.reason,
+                     "usage": done.usage.model_dump(), **done.info.model_dump()})  # fmt: skip
     else:
-        print(text)
-        print(f"[{resolved.spec.key}]", file=sys.stderr)
+        print(done.text)
+        print(f"[{done.info.recipe_key}]", file=sys.stderr)
     return 0
 
 

@@ -91,6 +91,7 @@ class InProcessTarget:
     batch_size: int = 8
     weights: dict[str, float] = field(default_factory=dict)
     supports_logprobs: bool = True
+    service: Any = None  # the serving service over ``model`` (built on first use)
     _delta: dict[str, torch.Tensor] | None = None
 
     @property
@@ -132,40 +133,53 @@ class InProcessTarget:
         finally:
             self.merger.apply_merged(self._delta)
 
-    @torch.no_grad()
     def generate(self, prompts: Sequence[str | Chat], max_new_tokens: int = 64) -> list[str]:
-        """Greedy replies, decoded without special tokens; prompts are batched by length
-        (left-padded) and the replies returned in the input order."""
-        encoded = [chat_prompt_ids(self.tokenizer, p) for p in prompts]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        out = [""] * len(encoded)
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s : s + self.batch_size]
-            replies = self._generate_batch([encoded[i] for i in idx], max_new_tokens)
-            for i, text in zip(idx, replies, strict=True):
-                out[i] = text
-        return out
+        """Greedy replies through the serving service the server runs (its batcher, sampler and
+        detokeniser) over this model as it is, in the input order."""
+        import asyncio
 
-    def _generate_batch(self, batch: list[list[int]], max_new_tokens: int) -> list[str]:
-        tok, eos = self.tokenizer, self.tokenizer.eos_token_id
-        device = next(self.model.parameters()).device
-        width = max(len(b) for b in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros_like(ids)
-        for i, b in enumerate(batch):
-            ids[i, width - len(b) :] = torch.tensor(b)
-            mask[i, width - len(b) :] = 1
-        gen = self.model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-            pad_token_id=self.pad_id,
-        )  # fmt: skip
-        out = []
-        for row in gen[:, width:].tolist():
-            if eos in row:
-                row = row[: row.index(eos)]
-            out.append(str(tok.decode(row, skip_special_tokens=True)))
-        return out
+        service = self._service()
+        resolved = service.resolve(preferences=None)
+        reqs = [
+            service.prepare(
+                resolved, messages=as_messages(p), max_tokens=max_new_tokens, temperature=0.0
+            )
+            for p in prompts
+        ]
+
+        async def run() -> list[str]:
+            done = await asyncio.gather(*(service.complete(r) for r in reqs))
+            return [d.text for d in done]
+
+        return asyncio.run(run()) if reqs else []
+
+    def _service(self) -> Any:
+        if self.service is None:
+            self.service = local_service(self.model, self.tokenizer, self.batch_size)
+        return self.service
+
+
+def local_service(model: Any, tokenizer: Any, batch_size: int = 8) -> Any:
+    """A :class:`~prefvec.server.service.GenerationService` over a model in memory (its weights
+    as they are: the base path serves them), with bounds wide enough for any evaluation prompt."""
+    from prefvec.server.backends.transformers_backend import TransformersBackend
+    from prefvec.server.resolver import Resolver
+    from prefvec.server.service import GenerationService
+    from prefvec.server.settings import ServerSettings
+
+    ctx = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 20)
+    settings = ServerSettings(
+        device=str(next(model.parameters()).device), max_batch_size=batch_size,
+        max_queue=1 << 16, max_prompt_tokens=ctx, max_tokens_limit=ctx,
+        request_timeout_s=1e6, log_level="warning",
+    )  # fmt: skip
+    backend = TransformersBackend.wrap(settings, model, tokenizer)
+    backend.start(_no_vectors)
+    return GenerationService(settings, Resolver(settings, None, backend), backend)
+
+
+def _no_vectors(ref: str, sha256: str) -> Any:
+    raise ValidationError(f"the in-process target serves its model as is, not {ref!r}")
 
 
 @dataclass
@@ -249,6 +263,7 @@ class ModelHandle:
         self.store_dir, self.vectors_dir = store_dir, vectors_dir
         self.batch_size, self.max_length = batch_size, max_length
         self._vectors: dict[str, Any] = {}
+        self._service: Any = None  # one serving service over the model, shared by its targets
 
     def vector(self, ref: str) -> Any:
         """The :class:`~prefvec.vector_store.PreferenceVector` for ``ref`` (cached)."""
@@ -302,5 +317,11 @@ class ModelHandle:
             model=self.loaded.model, tokenizer=self.loaded.tokenizer,
             label=label or ("base" if spec.is_base else spec.key), merger=self.merger,
             max_length=self.max_length, batch_size=self.batch_size,
-            weights=dict(weights), _delta=delta,
+            weights=dict(weights), service=self.service(), _delta=delta,
         )  # fmt: skip
+
+    def service(self) -> Any:
+        """The serving service over this handle's model (built once)."""
+        if self._service is None:
+            self._service = local_service(self.loaded.model, self.loaded.tokenizer, self.batch_size)
+        return self._service

@@ -54,7 +54,7 @@ from prefvec.server.backends.base import (
     TokenLogprob,
     VectorSource,
 )
-from prefvec.server.generation import TextStream, sample_token
+from prefvec.server.generation import TextStream, adjust_logits, sample_token
 
 if TYPE_CHECKING:
     from prefvec.server.resolver import Resolved
@@ -184,14 +184,28 @@ class TransformersBackend(Backend):
     # -- loading -------------------------------------------------------------------------------
 
     def load(self) -> None:
-        from prefvec.merging import LowRankMixer, MergedCache, ModelMerger
         from prefvec.models import load_base
 
         s = self.settings
         loaded = load_base(s.base, dtype=s.dtype, device=s.device, home=s.home)
-        self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.model_dir, self.fingerprint = loaded.model_dir, loaded.fingerprint
-        self.device = loaded.device
+        self._attach(loaded.model, loaded.tokenizer)
+        logger.info("loaded %s on %s (%s)", s.base, self.device, s.dtype)
+
+    @classmethod
+    def wrap(cls, settings: ServerSettings, model: Any, tokenizer: Any) -> TransformersBackend:
+        """A backend over a model already in memory (the in-process evaluation target): the
+        same batcher, sampler and detokeniser the server runs."""
+        backend = cls(settings)
+        backend._attach(model, tokenizer)
+        return backend
+
+    def _attach(self, model: Any, tokenizer: Any) -> None:
+        from prefvec.merging import LowRankMixer, MergedCache, ModelMerger
+
+        s = self.settings
+        self.model, self.tokenizer = model, tokenizer
+        self.device = str(next(model.parameters()).device)
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self.merger = ModelMerger(self.model)
         self.cache = MergedCache(s.merge_cache_bytes)
@@ -203,7 +217,6 @@ class TransformersBackend(Backend):
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else min(self.eos_ids, default=0)
         self.ready = True
-        logger.info("loaded %s on %s (%s)", s.base, self.device, s.dtype)
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -655,7 +668,7 @@ class TransformersBackend(Backend):
         params = row.req.params
         if params.max_tokens == 0:  # scoring only (echo): nothing to generate
             return self._done(row, "length")
-        token = sample_token(logits, params, row.gen)
+        token = sample_token(adjust_logits(logits, params, row.stream.ids), params, row.gen)
         row.n_generated += 1
         lp = None
         if params.logprobs is not None:
