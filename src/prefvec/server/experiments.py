@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -111,8 +112,9 @@ class ExperimentLimits:
 def mean_interval(values: Sequence[float]) -> tuple[float | None, float | None, float | None]:
     """Mean and 95% interval (t quantile) of ``values``; interval None below two values.
 
-    Stable for any finite input: the values are scaled by their largest magnitude first (so no
-    square overflows), summed with ``math.fsum`` and the variance taken about the mean.
+    Finite for any finite input: the values are scaled by their largest magnitude first (so no
+    square overflows), summed with ``math.fsum``, the variance taken about the mean, and bounds
+    beyond the float range saturate at ±``sys.float_info.max``.
     """
     n = len(values)
     if n == 0:
@@ -125,7 +127,9 @@ def mean_interval(values: Sequence[float]) -> tuple[float | None, float | None, 
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
     q = _T975[n - 2] if n - 1 <= len(_T975) else Z95
     half = q * sd / math.sqrt(n)
-    return mean * scale, (mean - half) * scale, (mean + half) * scale
+    top = sys.float_info.max  # an interval wider than the floats saturates instead of inf
+    lo, hi = max(-top / scale, mean - half), min(top / scale, mean + half)
+    return mean * scale, lo * scale, hi * scale
 
 
 def assign_arm(experiment: str, user: str, arms: Sequence[ExperimentArm]) -> ExperimentArm:
