@@ -286,6 +286,9 @@ class AdapterCache:
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
     def keys(self) -> list[str]:
         """Cached keys, least recently used first."""
         with self._lock:

@@ -53,6 +53,35 @@ class _LiveCollector(Collector):
             "Dense merges built in place.",
             value=cache.get("merges_built", 0),
         )
+        yield from _vllm_families(s)
+
+
+def _vllm_families(s: dict[str, Any]) -> Iterator[Any]:
+    """vLLM's scheduler figures and the LoRA adapter cache (the vLLM backend only)."""
+    v, a = s.get("vllm"), s.get("adapters")
+    if v is None or a is None:
+        return
+    for name, doc in (
+        ("running", "Requests vLLM is running."),
+        ("waiting", "Requests waiting in vLLM's scheduler."),
+        ("kv_cache_usage", "Share of vLLM's KV cache in use (0..1)."),
+        ("max_running_seen", "The largest batch vLLM has run."),
+        ("running_loras", "LoRA requests in vLLM's running batch."),
+    ):
+        yield GaugeMetricFamily(f"prefvec_vllm_{name}", doc, value=v.get(name, 0))
+    steps = v.get("steps", 0)
+    yield CounterMetricFamily("prefvec_vllm_steps", "vLLM scheduler steps.", value=steps)
+    for name, doc in (
+        ("loaded", "Recipe adapters loaded in vLLM."),
+        ("max_loras", "vLLM's adapter slots per batch (`max_loras`)."),
+        ("max_cpu_loras", "Adapters vLLM keeps loaded (`max_cpu_loras`)."),
+        ("nbytes", "Bytes of recipe adapter files."),
+    ):
+        yield GaugeMetricFamily(f"prefvec_lora_adapters_{name}", doc, value=a.get(name, 0))
+    for name in ("hits", "misses", "evictions", "added", "removed"):
+        yield CounterMetricFamily(
+            f"prefvec_lora_adapter_{name}", f"Recipe adapter cache: {name}.", value=a.get(name, 0)
+        )
 
 
 class Metrics:
