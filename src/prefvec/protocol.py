@@ -58,6 +58,7 @@ TEMPERATURE_GREEDY_BELOW = 1e-5
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-64 of [A-Za-z0-9_.-].")]
 Seed = Annotated[int, Field(strict=True, ge=0, le=SEED_MAX, description="0 <= seed < 2**64.")]
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
 Temperature = Annotated[
     float,
     Field(
@@ -72,6 +73,18 @@ TopP = Annotated[
     float, Field(strict=True, gt=0.0, le=1.0, allow_inf_nan=False, description="In (0, 1].")
 ]
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# OpenAI's own bounds (issue 14)
+N_MAX = 128
+"""Wire bound of ``n``; the server's ``max_n`` setting is the one in force."""
+CHAT_TOP_LOGPROBS_MAX = 20
+LEGACY_LOGPROBS_MAX = 5
+Penalty = Annotated[
+    float, Field(strict=True, ge=-2.0, le=2.0, allow_inf_nan=False, description="In [-2, 2].")
+]
+LogitBias = Annotated[
+    float, Field(strict=True, ge=-100.0, le=100.0, allow_inf_nan=False, description="[-100, 100]")
+]
+TokenId = Annotated[int, Field(strict=True, ge=0)]
 
 
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
@@ -185,45 +198,108 @@ class Usage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = Field(
+        default=False, strict=True, description="A last chunk with `usage` and `choices: []`."
+    )
+
+
+Unsupported = list[tuple[str, str]]
+"""``[(field, why)]``: OpenAI fields a request set that this server cannot honour."""
+
+
+def _not_supported(name: str, value: Any, allowed: tuple[Any, ...] = (None,)) -> Unsupported:
+    if value in allowed:
+        return []
+    return [(name, f"`{name}` is not supported by this server, got {value!r}")]
 
 
 class _GenerationRequest(PreferenceFields):
-    """Sampling fields shared by chat and text completions (unknown OpenAI fields are ignored)."""
+    """Sampling fields shared by chat and text completions.
 
-    model_config = ConfigDict(extra="ignore")
+    Nothing is silently ignored: a field this model does not know is a 422 naming it, and an
+    OpenAI field the server cannot honour is declared here and refused by :meth:`unsupported`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(
-        default=None, description="Base id, or 'recipe:<name>' to serve a recipe."
+        default=None,
+        description="The base's id (or 'base'), 'recipe:<name>', or an operator alias; an "
+        "unknown name is a 404 listing the valid ids.",
     )
     max_tokens: PositiveInt | None = Field(default=None, description="Tokens to generate at most.")
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
-    n: int = Field(default=1, ge=1, le=1, strict=True, description="Only n=1 is supported.")
+    n: int = Field(
+        default=1,
+        ge=1,
+        le=N_MAX,
+        strict=True,
+        description="Choices per prompt, at most the server's `max_n`; choice i samples with "
+        "seed `seed + i`.",
+    )
     stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: Seed | None = Field(default=None, description="Sampling seed (deterministic when set).")
-    user: str | None = Field(
-        default=None, description="End-user id (sticky experiment assignment)."
+    frequency_penalty: Penalty = Field(
+        default=0.0, description="Subtracted from a logit per earlier occurrence in the output."
     )
+    presence_penalty: Penalty = Field(
+        default=0.0, description="Subtracted from a logit if the token occurs in the output."
+    )
+    logit_bias: dict[str, LogitBias] | None = Field(
+        default=None, description="{token id: bias added to its logit before sampling}."
+    )
+    user: str | None = Field(
+        default=None, description="End-user id (sticky experiment assignment, fair queueing)."
+    )
+    # OpenAI fields that are accepted only at values that need nothing from the server
+    response_format: dict[str, Any] | None = Field(
+        default=None, description="Only {'type': 'text'}: JSON output is not enforced here."
+    )
+    service_tier: str | None = Field(default=None, description="Only 'auto' or 'default'.")
+    store: bool | None = Field(default=None, description="Only false: nothing is stored.")
+    metadata: dict[str, Any] | None = Field(default=None, description="Not supported.")
+
+    def unsupported(self) -> Unsupported:
+        """The OpenAI fields set to something this server cannot honour."""
+        rf = self.response_format
+        problems = [] if rf is None or rf == {"type": "text"} else [(
+            "response_format", "`response_format` only takes {'type': 'text'}: JSON output "
+            f"cannot be enforced by this server, got {rf!r}",
+        )]  # fmt: skip
+        problems += _not_supported("service_tier", self.service_tier, (None, "auto", "default"))
+        problems += _not_supported("store", self.store, (None, False))
+        problems += _not_supported("metadata", self.metadata, (None, {}))
+        if self.stream_options is not None and not self.stream:
+            problems.append(("stream_options", "`stream_options` needs `stream: true`"))
+        return problems
 
 
 # --------------------------------------------------------------------------------------- chat
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """One part of a message's content; only ``text`` parts can be served (others are a 4xx)."""
+
+    model_config = ConfigDict(extra="allow")
 
     type: str = "text"
     text: str | None = None
 
 
 class ChatMessage(_WireModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[ContentPart] | None = None
+    name: str | None = Field(default=None, description="Not supported (chat templates drop it).")
+    tool_calls: list[Any] | None = Field(default=None, description="Not supported.")
+    tool_call_id: str | None = Field(default=None, description="Not supported.")
+    refusal: str | None = Field(default=None, description="Only null.")
 
     def text(self) -> str:
         """The message content as one string (text parts joined)."""
@@ -233,12 +309,62 @@ class ChatMessage(_WireModel):
             return self.content
         return "".join(p.text or "" for p in self.content if p.type == "text")
 
+    def unsupported(self, where: str) -> Unsupported:
+        """Parts and fields of this message that cannot be served."""
+        problems: Unsupported = []
+        for j, part in enumerate(self.content if isinstance(self.content, list) else []):
+            at = f"{where}.content.{j}"
+            if part.type != "text":
+                problems.append((f"{at}.type", f"`{at}.type` {part.type!r} is not supported: "
+                                 "this server takes text content parts only"))  # fmt: skip
+            elif part.text is None:
+                problems.append((f"{at}.text", f"`{at}.text` is required in a text part"))
+        for name in ("name", "tool_calls", "tool_call_id", "refusal"):
+            problems += _not_supported(f"{where}.{name}", getattr(self, name), (None, []))
+        return problems
+
 
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: PositiveInt | None = Field(
         default=None, description="Alias of max_tokens."
     )
+    logprobs: bool = Field(
+        default=False, strict=True, description="Log-probabilities of the output tokens."
+    )
+    top_logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=CHAT_TOP_LOGPROBS_MAX,
+        strict=True,
+        description=f"Alternatives per token, 0-{CHAT_TOP_LOGPROBS_MAX}; needs `logprobs: true`.",
+    )
+    tools: list[Any] | None = Field(default=None, description="Not supported.")
+    tool_choice: Any = Field(default=None, description="Only 'none'.")
+    parallel_tool_calls: bool | None = Field(default=None, description="Not supported.")
+    functions: list[Any] | None = Field(default=None, description="Not supported.")
+    function_call: Any = Field(default=None, description="Only 'none'.")
+    modalities: list[str] | None = Field(default=None, description="Only ['text'].")
+    audio: Any = Field(default=None, description="Not supported.")
+    prediction: Any = Field(default=None, description="Not supported.")
+    reasoning_effort: str | None = Field(default=None, description="Not supported.")
+    web_search_options: Any = Field(default=None, description="Not supported.")
+
+    def unsupported(self) -> Unsupported:
+        problems = super().unsupported()
+        for name in ("tools", "functions"):
+            problems += _not_supported(name, getattr(self, name), (None, []))
+        for name in ("tool_choice", "function_call"):
+            problems += _not_supported(name, getattr(self, name), (None, "none"))
+        for name in ("parallel_tool_calls", "audio", "prediction", "reasoning_effort",
+                     "web_search_options"):  # fmt: skip
+            problems += _not_supported(name, getattr(self, name))
+        problems += _not_supported("modalities", self.modalities, (None, ["text"]))
+        if self.top_logprobs is not None and not self.logprobs:
+            problems.append(("top_logprobs", "`top_logprobs` needs `logprobs: true`"))
+        for i, message in enumerate(self.messages):
+            problems += message.unsupported(f"messages.{i}")
+        return problems
 
 
 class AssistantMessage(BaseModel):
@@ -246,11 +372,30 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    """One token's log-probability: its text, and the UTF-8 bytes of that text."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    """``choices[].logprobs`` of a chat completion (OpenAI's shape)."""
+
+    content: list[ChatTokenLogprob] | None = None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -272,7 +417,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -288,16 +433,69 @@ class ChatCompletionChunk(BaseModel):
 # ------------------------------------------------------------------------------ text completions
 
 
+Prompt = str | list[str] | list[TokenId] | list[list[TokenId]]
+
+
 class CompletionRequest(_GenerationRequest):
-    prompt: str | list[str] = Field(description="One prompt (a list of exactly one is accepted).")
-    echo: bool = Field(default=False, strict=True)
+    prompt: Prompt = Field(
+        description="A prompt, a list of prompts, token ids, or a list of token-id lists; "
+        "choice `i * n + j` is sample j of prompt i."
+    )
+    max_tokens: NonNegativeInt | None = Field(
+        default=None, description="Tokens to generate at most; 0 (with `echo`) scores the prompt."
+    )
+    echo: bool = Field(default=False, strict=True, description="Return the prompt before the text.")
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=LEGACY_LOGPROBS_MAX,
+        strict=True,
+        description=f"Log-probabilities with 0-{LEGACY_LOGPROBS_MAX} alternatives per token; "
+        "with `echo` the prompt's tokens too (the first is null).",
+    )
+    suffix: str | None = Field(default=None, description="Not supported.")
+    best_of: int | None = Field(
+        default=None, ge=1, strict=True, description="Only equal to `n` (no reranking here)."
+    )
+
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The prompts as a list: strings or token-id lists."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[list-item, return-value]
+        return list(p)  # type: ignore[return-value]
+
+    def unsupported(self) -> Unsupported:
+        problems = super().unsupported()
+        problems += _not_supported("suffix", self.suffix, (None, ""))
+        if self.best_of is not None and self.best_of != self.n:
+            problems.append(("best_of", f"`best_of` must equal `n` = {self.n} (no reranking of "
+                             f"candidates here), got {self.best_of}"))  # fmt: skip
+        if self.max_tokens == 0 and not self.echo:
+            problems.append(("max_tokens", "`max_tokens` = 0 needs `echo: true` (score only)"))
+        if self.stream and self.echo and self.logprobs is not None:
+            problems.append(("echo", "`echo` with `logprobs` is not supported with `stream: "
+                             "true` (send `stream: false` to score a prompt)"))  # fmt: skip
+        return problems
+
+
+class CompletionLogprobs(BaseModel):
+    """``choices[].logprobs`` of a text completion (OpenAI's legacy shape); ``text_offset`` are
+    character offsets into the choice's ``text``."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] | None = None
+    text_offset: list[int] = Field(default_factory=list)
 
 
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -318,6 +516,25 @@ class CompletionChunk(BaseModel):
     choices: list[CompletionChoice]
     usage: Usage | None = None
     prefvec: PrefvecInfo | None = None
+
+
+# ----------------------------------------------------------------------------------- tokenize
+
+
+class TokenizeRequest(_WireModel):
+    """``POST /v1/tokenize``: the server's token ids of a text (no special tokens added) or of a
+    chat (its template, with the generation prompt), exactly as generation encodes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int | None = None
 
 
 # ------------------------------------------------------------------------------------- models
@@ -656,7 +873,9 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatCompletionResponse",
     "ChatDelta",
+    "ChatLogprobs",
     "ChatMessage",
+    "ChatTokenLogprob",
     "CompareCandidate",
     "CompareOutput",
     "CompareRequest",
@@ -665,6 +884,7 @@ __all__ = [
     "CompareSummary",
     "CompletionChoice",
     "CompletionChunk",
+    "CompletionLogprobs",
     "CompletionRequest",
     "CompletionResponse",
     "ContentPart",
@@ -694,6 +914,9 @@ __all__ = [
     "RecipeList",
     "ServingPath",
     "StreamOptions",
+    "TokenizeRequest",
+    "TokenizeResponse",
+    "TopLogprob",
     "Usage",
     "VectorInfo",
     "VectorList",

@@ -31,6 +31,12 @@ class SamplingParams:
         logprobs: None for no log-probabilities; k >= 0 for the sampled token's log-probability
             and its top-k alternatives at each generated position.
         prompt_logprobs: None, or k >= 0 for the prompt tokens' log-probabilities (top-k each).
+        frequency_penalty: subtracted from a token's logit once per occurrence in the output.
+        presence_penalty: subtracted from a token's logit if it occurs in the output at all.
+        logit_bias: ``((token id, bias), ...)`` added to the logits before sampling.
+
+    Log-probabilities are those of the model (raw log-softmax of its logits); penalties and
+    biases only change which token is picked.
     """
 
     max_tokens: int = 16
@@ -40,6 +46,14 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether :func:`adjust_logits` changes anything."""
+        return bool(self.frequency_penalty or self.presence_penalty or self.logit_bias)
 
     @property
     def greedy(self) -> bool:
@@ -56,6 +70,29 @@ class SamplingParams:
         else:
             gen.manual_seed(self.seed)
         return gen
+
+
+def adjust_logits(
+    logits: torch.Tensor, params: SamplingParams, generated: list[int] | tuple[int, ...]
+) -> torch.Tensor:
+    """One row of logits (V,) after OpenAI's penalties and ``logit_bias``.
+
+    ``logits[j] - c[j] * frequency_penalty - (c[j] > 0) * presence_penalty + bias[j]``, where
+    ``c[j]`` counts token j among the tokens generated so far (the prompt does not count). The
+    input is left untouched; without penalties or biases it is returned as is.
+    """
+    if not params.adjusts_logits:
+        return logits
+    out = logits.float().clone()  # (V,)
+    if generated and (params.frequency_penalty or params.presence_penalty):
+        ids = torch.tensor(list(generated), dtype=torch.long, device=out.device)
+        counts = torch.bincount(ids, minlength=out.shape[-1])[: out.shape[-1]].to(out.dtype)
+        out -= counts * params.frequency_penalty + (counts > 0).to(out.dtype) * (
+            params.presence_penalty
+        )
+    for token, bias in params.logit_bias:
+        out[token] += bias
+    return out
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:

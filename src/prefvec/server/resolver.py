@@ -132,6 +132,7 @@ class Resolver:
             BadRequestError: ``recipe`` and ``preferences`` both given, or conflicting names.
             NotFoundError: an unknown vector, version or recipe (all listed).
         """
+        model = self.check_model(model)
         if model and model.startswith("recipe:"):
             named = model[len("recipe:") :]
             if recipe and recipe != named:
@@ -156,6 +157,32 @@ class Resolver:
         merge = merge or MergeOptions()
         return self._resolve_weights(
             dict(preferences or {}), merge.method, merge.density, merge.seed, None, field_prefix
+        )
+
+    def base_names(self) -> list[str]:
+        """``model`` names that mean the base: its served id, the base spec, and ``base``."""
+        s = self.settings
+        return list(dict.fromkeys([s.model_name, s.base, "base"]))
+
+    def check_model(self, model: str | None) -> str | None:
+        """``model`` with operator aliases applied (None when it names the base).
+
+        Raises:
+            NotFoundError: an unknown model name (the message lists the valid ids).
+        """
+        if model is None:
+            return None
+        model = self.settings.model_aliases.get(model, model)
+        if model in self.base_names():
+            return None
+        if model.startswith("recipe:") and len(model) > len("recipe:"):
+            return model  # an unknown recipe is a 404 of the recipe lookup
+        valid = self.base_names() + [f"recipe:{r.name}" for r in self.store.list_recipes()]
+        valid += sorted(self.settings.model_aliases)
+        raise NotFoundError(
+            f"`model` {model!r} is not served here; valid ids: {valid} (operators may add "
+            "names with the `model_aliases` setting)",
+            field="model",
         )
 
     def _resolve_recipe(self, ref: str, field_prefix: str) -> Resolved:
@@ -346,14 +373,19 @@ class Resolver:
         prompt_len: int = 0,
         logprobs: int | None = None,
         prompt_logprobs: int | None = None,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        logit_bias: Mapping[str | int, float] | None = None,
     ) -> SamplingParams:
         """Checked sampling parameters (``max_tokens`` bounded by settings and the context).
 
         Raises:
             ValidationError: ``max_tokens`` over the limit or the context, too many stop strings,
-                log-probabilities the backend cannot give.
+                log-probabilities the backend cannot give, ``logit_bias`` keys that are not
+                token ids of the vocabulary.
         """
         self._check_logprobs(logprobs, prompt_logprobs)
+        bias = self._check_logit_bias(logit_bias or {})
         limit = self.settings.max_tokens_limit
         n = self.settings.default_max_tokens if max_tokens is None else max_tokens
         if n > limit:
@@ -371,8 +403,25 @@ class Resolver:
         if len(stops) > 4:
             raise ValidationError(f"`stop` takes at most 4 strings, got {len(stops)}", field="stop")
         return SamplingParams(
-            n, float(temperature), float(top_p), seed, stops, logprobs, prompt_logprobs
-        )
+            n, float(temperature), float(top_p), seed, stops, logprobs, prompt_logprobs,
+            float(frequency_penalty), float(presence_penalty), bias,
+        )  # fmt: skip
+
+    def _check_logit_bias(self, bias: Mapping[str | int, float]) -> tuple[tuple[int, float], ...]:
+        """``{token id (as text): bias}`` as sorted ``((id, bias), ...)``, ids in the vocabulary."""
+        vocab, out, bad = len(self.tokenizer), [], []
+        for key, value in bias.items():
+            text = str(key)
+            if not text.isascii() or not text.isdigit() or not 0 <= int(text) < vocab:
+                bad.append(key)
+            else:
+                out.append((int(text), float(value)))
+        if bad:
+            raise ValidationError(
+                f"`logit_bias` keys must be token ids in [0, {vocab}), got {bad[:5]!r}",
+                field="logit_bias",
+            )
+        return tuple(sorted(out))
 
     def _check_logprobs(self, logprobs: int | None, prompt_logprobs: int | None) -> None:
         caps = self.backend.capabilities

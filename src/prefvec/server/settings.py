@@ -142,6 +142,14 @@ class ServerSettings(BaseSettings):
     )
     default_max_tokens: int = Field(default=256, ge=1)
     max_vectors_per_request: int = Field(default=8, ge=1)
+    max_n: int = Field(
+        default=8, ge=1, le=128, description="Most choices (`n`) one generation request may ask."
+    )
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra `model` names accepted: {alias: 'base' or 'recipe:<name>'}, e.g. "
+        '{"gpt-4o-mini": "base"} (env: JSON).',
+    )
     weight_min: float = -5.0
     weight_max: float = 5.0
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="JSON request bodies.")
