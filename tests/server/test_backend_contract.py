@@ -218,6 +218,29 @@ def test_greedy_recipes_equal_the_offline_merge(
         assert resp.json()["prefvec"]["path"] == "lowrank"
 
 
+def test_vllm_equals_the_transformers_backend(
+    server: LiveServer,
+    ct_base_dir: Path,
+    ct_vectors: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    if not is_vllm(server):
+        pytest.skip("compares the vLLM backend with the default one")
+    tmp = tmp_path_factory.mktemp("ct-reference")
+    make_store(tmp / "store", ct_base_dir, ct_vectors)
+    reference = start_live(contract_settings(tmp, ct_base_dir, "transformers"))
+    try:
+        for prefs in [{}, *RECIPES]:
+            for prompt in (PROMPT, "Why is the sky blue?"):
+                want = chat(reference.url, prefs, n=24, prompt=prompt).json()
+                got = chat(server.url, prefs, n=24, prompt=prompt).json()
+                assert got["choices"][0]["message"] == want["choices"][0]["message"], prefs
+                assert got["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"]
+                assert got["usage"] == want["usage"]
+    finally:
+        reference.stop()
+
+
 def test_streaming_equals_full_and_reports_usage(server: LiveServer) -> None:
     import openai
 
