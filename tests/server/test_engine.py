@@ -176,3 +176,31 @@ def test_stop_strings_and_utf8_holdback() -> None:
     assert "\ufffd" not in "".join(deltas)  # é is two byte tokens: never half emitted
     assert stream.finish_reason == "stop"
     assert "".join(deltas) + stream.flush() == "héllo "
+
+
+def test_resolver_consults_backend_capabilities(svc):  # type: ignore[no-untyped-def]
+    """A path the backend does not declare is a 4xx naming why, before anything is queued."""
+    from types import SimpleNamespace
+
+    from prefvec.errors import BadRequestError
+    from prefvec.server.backends.base import Capabilities
+    from prefvec.server.resolver import Resolver
+
+    caps = Capabilities(dense_recipes=False, max_lowrank_rank=4, logprobs=False)
+    stub = SimpleNamespace(name="stub", capabilities=caps, tokenizer=None, max_positions=None)
+    res = Resolver(svc.settings, svc.resolver.store, stub)  # type: ignore[arg-type]
+    assert res.resolve(preferences={"concise": 1.0}).path == "lowrank"  # rank 4: fits
+    with pytest.raises(BadRequestError, match=r"dense vectors \['helpful@1'\]"):
+        res.resolve(preferences={"helpful": 1.0})
+    with pytest.raises(BadRequestError, match="method 'ties'"):
+        res.resolve(preferences={"concise": 1.0}, merge=_merge("ties"))
+    with pytest.raises(BadRequestError, match=r"total rank 8.*at most rank 4"):
+        res.resolve(preferences={"concise": 1.0, "warm": 0.5})
+    with pytest.raises(ValidationError, match="`logprobs` is not supported"):
+        res.sampling_params(max_tokens=4, logprobs=2)
+
+
+def _merge(method: str):  # type: ignore[no-untyped-def]
+    from prefvec.protocol import MergeOptions
+
+    return MergeOptions(method=method, density=0.5)
