@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from prefvec.cli import main
-from prefvec.weights import parse_weights
 from prefvec.errors import ValidationError
+from prefvec.weights import parse_weights
 
 
 def test_parse_weights() -> None:
