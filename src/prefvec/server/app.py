@@ -76,7 +76,7 @@ def create_app(
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    declare_route_errors(app)
+    declare_route_errors(app, ROUTERS)
     app.add_middleware(MetricsMiddleware, state=state)
     app.add_middleware(
         BodyLimitMiddleware,

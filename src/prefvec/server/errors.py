@@ -1,7 +1,7 @@
 """One mapping from exceptions to the JSON error body ``{"error": {...}}`` (OpenAI-like), and the
 error responses each route declares in OpenAPI.
 
-Declared per route (:func:`declare_route_errors`, run once at app build): what every route can
+Declared per route (:func:`declare_route_errors`, in the generated OpenAPI): what every route can
 answer (500, and 408/413/422 where a body or parameters are read), what its dependencies add
 (401 for a user key, 401/403 for an operator route, 503 before the model is ready), what its
 decorator names with :func:`error_responses`, and, for routes whose decorators live elsewhere,
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -99,14 +100,47 @@ def route_error_codes(route: APIRoute) -> set[int]:
     return codes
 
 
-def declare_route_errors(app: FastAPI) -> None:
-    """Add every error status each route can answer to its OpenAPI responses (keeping any the
-    route declared itself)."""
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
-            continue
-        for code, spec in error_responses(*sorted(route_error_codes(route))).items():
-            route.responses.setdefault(code, spec)
+def declare_route_errors(app: FastAPI, routers: Sequence[APIRouter]) -> None:
+    """Declare in ``app``'s OpenAPI every error status each route of ``routers`` can answer,
+    with the :class:`~prefvec.protocol.ErrorResponse` schema (FastAPI's own 422 schema, which
+    this server never sends, is replaced). Responses a route declared itself are kept."""
+    table: dict[tuple[str, str], tuple[set[int], set[int]]] = {}
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and route.include_in_schema:
+                own = {int(c) for c in route.responses if str(c).isdigit()}
+                for method in route.methods or ():
+                    table[(method.lower(), route.path)] = (route_error_codes(route), own)
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = build()
+        _add_error_schema(spec)
+        for path, operations in spec.get("paths", {}).items():
+            for method, op in operations.items():
+                codes, own = table.get((method, path), (set(), set()))
+                for code in sorted(codes - own):
+                    op.setdefault("responses", {})[str(code)] = _error_spec(code)
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _error_spec(code: int) -> dict[str, Any]:
+    return {
+        "description": ERROR_DESCRIPTIONS.get(code, "Error"),
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+
+
+def _add_error_schema(spec: dict[str, Any]) -> None:
+    schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = spec.setdefault("components", {}).setdefault("schemas", {})
+    components.update(schema.pop("$defs", {}))
+    components.setdefault("ErrorResponse", schema)
 
 
 class ErrorJSONResponse(JSONResponse):
