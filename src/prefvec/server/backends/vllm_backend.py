@@ -190,6 +190,7 @@ class VLLMBackend(Backend):
         self._doomed: set[str] = set()  # keys of deleted vectors' adapters, evicted when unused
         self._adapter_lock: asyncio.Lock | None = None
         self._evicted: list[int] = []  # lora ids the cache evicted during the current call
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop (vLLM's)
         self._paused = threading.Event()
         self._held = 0  # requests waiting while paused
         self.outcomes = {"finished": 0, "aborted": 0, "failed": 0}
@@ -377,12 +378,10 @@ class VLLMBackend(Backend):
         keys = [k for k in self.adapters if name in names_in_key(k)]
         self._doomed.update(keys)
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None:
-            return
-        loop.create_task(self._forget(keys))
+            asyncio.get_running_loop().create_task(self._forget(keys))
+        except RuntimeError:  # called from a worker thread: hand it to the serving loop
+            if self._loop is not None and not self._loop.is_closed():
+                asyncio.run_coroutine_threadsafe(self._forget(keys), self._loop)
 
     async def _forget(self, keys: list[str]) -> None:
         async with self._lock():
@@ -413,6 +412,7 @@ class VLLMBackend(Backend):
         if self.engine is None:
             raise ServiceUnavailableError("the vLLM engine is not running")
         self._check_capacity()
+        self._loop = asyncio.get_running_loop()
         live = _Live(request)
         self._live[request.id] = live
         queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
