@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SCRIPTS = ["merge", "switching", "mixing", "serve", "serve_mixed", "store"]
+SCRIPTS = ["merge", "switching", "mixing", "serve", "serve_mixed", "prefill", "store"]
 
 
 def _figures(rows: list[dict]) -> dict[str, float]:
