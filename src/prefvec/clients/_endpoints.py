@@ -92,6 +92,13 @@ class GenerationOptions(TypedDict, total=False):
     top_p: float
     seed: int
     stop: str | list[str]
+    n: int
+    frequency_penalty: float
+    presence_penalty: float
+    logit_bias: Mapping[str, float]
+    logprobs: bool | int
+    top_logprobs: int
+    echo: bool
     preferences: Mapping[str, float]
     recipe: str
     merge: protocol.MergeOptions | Mapping[str, Any]
@@ -150,17 +157,47 @@ def chat_stream(
     return Call("POST", "/v1/chat/completions", _raw, body, chunk=protocol.ChatCompletionChunk)
 
 
-def complete(prompt: str, **opts: Unpack[GenerationOptions]) -> Call[protocol.CompletionResponse]:
-    """Text completion (``POST /v1/completions``); options as for :meth:`chat`."""
-    body = {"prompt": prompt, **_generation_body(opts, stream=False)}
+Prompt = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
+
+
+def _prompt(prompt: Prompt) -> Any:
+    if isinstance(prompt, str):
+        return prompt
+    return [p if isinstance(p, (str, int)) else list(p) for p in prompt]
+
+
+def complete(
+    prompt: Prompt, **opts: Unpack[GenerationOptions]
+) -> Call[protocol.CompletionResponse]:
+    """Text completion (``POST /v1/completions``); options as for :meth:`chat`.
+
+    ``prompt`` is a text, a list of texts, token ids, or a list of token-id lists (choice
+    ``i * n + j`` answers prompt ``i``). With ``echo=True, logprobs=0, max_tokens=0`` it scores
+    the prompt: ``choices[i].logprobs.token_logprobs`` (the first is None).
+    """
+    body = {"prompt": _prompt(prompt), **_generation_body(opts, stream=False)}
     return Call("POST", "/v1/completions", _model(protocol.CompletionResponse), body)
 
 
+def tokenize(
+    prompt: str | None = None,
+    messages: str | Sequence[protocol.ChatMessage | Mapping[str, Any]] | None = None,
+) -> Call[protocol.TokenizeResponse]:
+    """The server's token ids (``POST /v1/tokenize``) of a text (no special tokens added) or of
+    a chat (its template with the generation prompt), as the generation routes encode them."""
+    body: dict[str, Any] = {}
+    if prompt is not None:
+        body["prompt"] = prompt
+    if messages is not None:
+        body["messages"] = _messages(messages)
+    return Call("POST", "/v1/tokenize", _model(protocol.TokenizeResponse), body)
+
+
 def complete_stream(
-    prompt: str, **opts: Unpack[GenerationOptions]
+    prompt: Prompt, **opts: Unpack[GenerationOptions]
 ) -> Call[protocol.CompletionChunk]:
     """Streamed text completion: yields :class:`~prefvec.protocol.CompletionChunk` (SSE)."""
-    body = {"prompt": prompt, **_generation_body(opts, stream=True)}
+    body = {"prompt": _prompt(prompt), **_generation_body(opts, stream=True)}
     return Call("POST", "/v1/completions", _raw, body, chunk=protocol.CompletionChunk)
 
 

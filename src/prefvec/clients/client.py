@@ -119,6 +119,7 @@ class _Endpoints:
     chat_stream = _StreamOp(ep.chat_stream)
     complete = _Op(ep.complete)
     complete_stream = _StreamOp(ep.complete_stream)
+    tokenize = _Op(ep.tokenize)
     models = _Op(ep.models)
     list_vectors = _Op(ep.list_vectors)
     vector_versions = _Op(ep.vector_versions)

@@ -1,8 +1,9 @@
 """What an evaluation runs against: a model in this process, or a prefvec server over HTTP.
 
-Both give greedy chat replies (``generate``). Only the in-process target gives log-likelihoods
-(``logprobs``), which the multiple-choice and implicit-reward suites need: the server's
-OpenAI-compatible routes return no prompt log-probabilities (``logprobs`` is always null).
+Both give greedy chat replies (``generate``) and log-likelihoods (``logprobs``), which the
+multiple-choice and implicit-reward suites need; the server target scores through the OpenAI
+completions route (``echo`` + ``logprobs`` + ``max_tokens: 0`` over token-id prompts), so every
+suite runs in process or through any prefvec server and gives the same numbers.
 
 Log-likelihood of a reply ``y`` to chat ``x``: the chat template renders ``x`` with the generation
 prompt, ``y`` is tokenised on its own (no special tokens) and appended, and
@@ -11,11 +12,12 @@ prompt, ``y`` is tokenised on its own (no special tokens) and appended, and
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -25,6 +27,7 @@ from prefvec.errors import ValidationError
 logger = logging.getLogger(__name__)
 Message = dict[str, str]
 Chat = Sequence[Mapping[str, str]]
+Pair = tuple[list[int], list[int]]
 
 
 def as_messages(prompt: str | Chat) -> list[Message]:
@@ -184,13 +187,23 @@ def _no_vectors(ref: str, sha256: str) -> Any:
 
 @dataclass
 class ServerTarget:
-    """A prefvec (or any OpenAI-compatible) server: greedy chat replies only.
+    """A prefvec server: greedy chat replies and log-likelihoods, both over HTTP.
+
+    Log-likelihoods use the OpenAI completions route the way the standard harness does: the
+    server tokenises the chat (``/v1/tokenize``, its own template) and the reply, and scores
+    their concatenation as a token-id prompt with ``echo``, ``logprobs: 0`` and
+    ``max_tokens: 0``; ``log p(reply | chat)`` is the sum of the reply tokens' log-probabilities.
+    The tokens, truncation and sum are those of :class:`InProcessTarget`, so both give the same
+    numbers (to float tolerance: the server's batched, chunked prefill against one forward).
 
     Args:
         client: a :class:`~prefvec.clients.PrefvecClient`.
         preferences: ``{vector: weight}`` sent with every request.
         recipe: a recipe name instead of ``preferences``.
         concurrency: requests in flight at once (the server batches them).
+        model: the ``model`` field sent (e.g. ``recipe:<name>``).
+        batch_size: sequences scored per completions request.
+        max_length: longest scored sequence; the context is cut from the left beyond it.
     """
 
     client: Any
@@ -199,33 +212,89 @@ class ServerTarget:
     label: str = "server"
     concurrency: int = 8
     model: str | None = None
-    supports_logprobs: bool = False
+    supports_logprobs: bool = True
+    batch_size: int = 8
+    max_length: int = 512
+    _memo: dict[tuple[str, tuple[int, ...], tuple[int, ...]], float] = field(
+        default_factory=dict, repr=False
+    )
 
-    def _one(self, prompt: str | Chat, max_new_tokens: int) -> str:
-        opts: dict[str, Any] = {"max_tokens": max_new_tokens, "temperature": 0.0}
+    def _opts(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
         if self.preferences:
             opts["preferences"] = self.preferences
         if self.recipe:
             opts["recipe"] = self.recipe
         if self.model:
             opts["model"] = self.model
+        return opts
+
+    def _one(self, prompt: str | Chat, max_new_tokens: int) -> str:
+        opts = {"max_tokens": max_new_tokens, "temperature": 0.0, **self._opts()}
         r = self.client.chat(as_messages(prompt), **opts)
         return str(r.choices[0].message.content)
 
-    def generate(self, prompts: Sequence[str | Chat], max_new_tokens: int = 64) -> list[str]:
+    def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
-            return list(pool.map(lambda p: self._one(p, max_new_tokens), prompts))
+            return list(pool.map(fn, items))
+
+    def generate(self, prompts: Sequence[str | Chat], max_new_tokens: int = 64) -> list[str]:
+        return self._map(lambda p: self._one(p, max_new_tokens), prompts)
+
+    def _chat_ids(self, prompt: str | Chat) -> list[int]:
+        return list(self.client.tokenize(messages=as_messages(prompt)).tokens)
+
+    def _text_ids(self, text: str) -> list[int]:
+        return list(self.client.tokenize(prompt=text).tokens) if text else []
+
+    def _pairs(self, requests: Sequence[tuple[str | Chat, str]]) -> list[Pair]:
+        """(context, reply) ids of each request, truncated as :class:`InProcessTarget` does;
+        each distinct prompt and reply is tokenised once."""
+        prompts = {json.dumps(as_messages(p)): p for p, _ in requests}
+        replies = sorted({r for _, r in requests})
+        ctx = dict(zip(prompts, self._map(self._chat_ids, list(prompts.values())), strict=True))
+        cont = dict(zip(replies, self._map(self._text_ids, replies), strict=True))
+        out: list[Pair] = []
+        for p, r in requests:
+            c = cont[r][: self.max_length]
+            keep = max(1, self.max_length - len(c))
+            out.append((ctx[json.dumps(as_messages(p))][-keep:], c))
+        return out
+
+    def _score(self, batch: list[Pair]) -> list[float]:
+        r = self.client.complete(
+            [ctx + cont for ctx, cont in batch], max_tokens=0, echo=True, logprobs=0,
+            **self._opts(),
+        )  # fmt: skip
+        choices = sorted(r.choices, key=lambda c: c.index)
+        return [
+            float(sum(c.logprobs.token_logprobs[len(ctx) :]))
+            for c, (ctx, _) in zip(choices, batch, strict=True)
+        ]
 
     def logprobs(self, requests: Sequence[tuple[str | Chat, str]]) -> list[float]:
-        raise ValidationError(
-            "log-likelihood suites need an in-process target: the server returns no prompt "
-            "log-probabilities",
-            field="suites",
-        )
+        """``log p(reply | prompt)`` for each ``(prompt, reply)`` (prompt: text or chat).
+
+        Scores are remembered per merge and token ids (shared with :meth:`reference`), so a
+        sequence asked for twice gets the same number, not a second float-noisy one.
+        """
+        pairs = self._pairs(requests)
+        opts = json.dumps(self._opts(), sort_keys=True)
+        keys = [(opts, tuple(ctx), tuple(cont)) for ctx, cont in pairs]
+        todo: dict[tuple[str, tuple[int, ...], tuple[int, ...]], Pair] = {}
+        for key, pair in zip(keys, pairs, strict=True):
+            if key not in self._memo:
+                todo.setdefault(key, pair)
+        work = list(todo.values())
+        batches = [work[s : s + self.batch_size] for s in range(0, len(work), self.batch_size)]
+        scores = [v for got in self._map(self._score, batches) for v in got]
+        self._memo.update(zip(todo, scores, strict=True))
+        return [self._memo[k] for k in keys]
 
     @contextmanager
     def reference(self) -> Iterator[ServerTarget]:
-        yield self
+        """The same server's base model (no preferences, recipe or model name)."""
+        yield replace(self, preferences={}, recipe=None, model=None, label=f"{self.label} ref")
 
 
 class ModelHandle:
