@@ -2,7 +2,7 @@
 error responses each route declares in OpenAPI.
 
 Declared per route (:func:`declare_route_errors`, in the generated OpenAPI): what every route can
-answer (500, and 408/413/422 where a body or parameters are read), what its dependencies add
+answer (500, and 400/408/413/422 where a body or parameters are read), what its dependencies add
 (401 for a user key, 401/403 for an operator route, 503 before the model is ready), what its
 decorator names with :func:`error_responses`, and, for routes whose decorators live elsewhere,
 :data:`ROUTE_ERRORS`. Every one of them has the :class:`~prefvec.protocol.ErrorResponse` schema.
@@ -56,6 +56,7 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("POST", "/v1/chat/completions"): (400, 404, 409, 429, 501, 504),
     ("POST", "/v1/completions"): (400, 404, 409, 429, 501, 504),
     ("POST", "/v1/compare"): (400, 404, 409, 429, 501, 504),
+    ("POST", "/v1/tokenize"): (400, 404, 409),
 }
 """Errors of routes whose decorators do not list them (generation and compare)."""
 
@@ -85,7 +86,7 @@ def route_error_codes(route: APIRoute) -> set[int]:
     dependant = route.dependant
     methods = set(route.methods or ())
     if dependant.body_params or methods & {"POST", "PUT", "PATCH"}:
-        codes |= {408, 413, 422}
+        codes |= {400, 408, 413, 422}  # 400: a body that is not UTF-8 / cannot be parsed
     if dependant.path_params or dependant.query_params:
         codes.add(422)
     calls = _dependency_calls(route)
@@ -235,6 +236,11 @@ def _http_error(request: Request, exc: StarletteHTTPException) -> PrefvecError:
     if exc.status_code == 405:
         allow = (exc.headers or {}).get("Allow", "")
         return MethodNotAllowedError(f"method not allowed: {where}; allowed: {allow}")
+    if isinstance(exc.__cause__, UnicodeDecodeError):
+        return BadRequestError(
+            f"the request body is not valid UTF-8 (JSON must be UTF-8): {exc.__cause__}",
+            field="body",
+        )
     err = BadRequestError(str(exc.detail))
     err.status_code = exc.status_code  # type: ignore[misc]
     return err
