@@ -522,19 +522,56 @@ class CompletionChunk(BaseModel):
 
 
 class TokenizeRequest(_WireModel):
-    """``POST /v1/tokenize``: the server's token ids of a text (no special tokens added) or of a
-    chat (its template, with the generation prompt), exactly as generation encodes them."""
+    """``POST /tokenize``: the server's token ids of a text or of a chat (its template, with the
+    generation prompt), exactly as generation encodes them (vLLM's request shape)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    model: str | None = Field(default=None, description="Checked like a generation's `model`.")
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    add_special_tokens: bool = Field(
+        default=False, strict=True, description="Text only: add the tokenizer's BOS/EOS."
+    )
+    add_generation_prompt: bool = Field(
+        default=True, strict=True, description="Chat only: only true (as generation encodes)."
+    )
+
+    def unsupported(self) -> Unsupported:
+        problems = _not_supported("add_generation_prompt", self.add_generation_prompt, (True,))
+        if self.messages is not None and self.add_special_tokens:
+            problems.append(("add_special_tokens", "`add_special_tokens` is for `prompt` only"))
+        for i, message in enumerate(self.messages or []):
+            problems += message.unsupported(f"messages.{i}")
+        return problems
 
 
 class TokenizeResponse(BaseModel):
     tokens: list[int]
     count: int
     max_model_len: int | None = None
+
+
+class DetokenizeRequest(_WireModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    tokens: list[TokenId]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class TokenizerInfo(BaseModel):
+    """``GET /tokenizer_info``."""
+
+    tokenizer_class: str
+    eos_token: str | None = None
+    bos_token: str | None = None
+    pad_token: str | None = None
+    chat_template: str | None = None
+    model_max_length: int | None = None
 
 
 # ------------------------------------------------------------------------------------- models
@@ -889,6 +926,8 @@ __all__ = [
     "CompletionResponse",
     "ContentPart",
     "DeleteResponse",
+    "DetokenizeRequest",
+    "DetokenizeResponse",
     "ErrorDetail",
     "ErrorResponse",
     "ExperimentArm",
@@ -916,6 +955,7 @@ __all__ = [
     "StreamOptions",
     "TokenizeRequest",
     "TokenizeResponse",
+    "TokenizerInfo",
     "TopLogprob",
     "Usage",
     "VectorInfo",

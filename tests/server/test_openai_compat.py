@@ -473,10 +473,18 @@ def test_include_usage_is_a_separate_final_chunk(live: LiveServer, route: str) -
 
 def test_tokenize_matches_the_generation_encoding(live: LiveServer, srv_base_dir: Path) -> None:
     tok = tokenizer(srv_base_dir)
-    r = post(live, "/v1/tokenize", {"messages": [{"role": "user", "content": PROMPT}]})
-    assert r.status_code == 200, r.text
-    assert r.json()["tokens"] == chat_ids(tok, PROMPT)
-    t = post(live, "/v1/tokenize", {"prompt": "Once upon"}).json()
+    for path in ("/tokenize", "/v1/tokenize"):
+        r = post(live, path, {"messages": [{"role": "user", "content": PROMPT}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["tokens"] == chat_ids(tok, PROMPT)
+    t = post(live, "/tokenize", {"prompt": "Once upon", "add_special_tokens": False}).json()
     assert t["tokens"] == list(tok("Once upon", add_special_tokens=False)["input_ids"])
-    assert t["count"] == len(t["tokens"])
-    assert post(live, "/v1/tokenize", {}).status_code == 400
+    assert t["count"] == len(t["tokens"]) and t["max_model_len"] == 512
+    back = post(live, "/detokenize", {"tokens": t["tokens"]})
+    assert back.json() == {"prompt": "Once upon"}
+    info = httpx.get(live.url + "/tokenizer_info").json()
+    assert info["eos_token"] == tok.eos_token and info["chat_template"] == tok.chat_template
+    assert post(live, "/tokenize", {}).status_code == 400
+    assert post(live, "/tokenize", {"prompt": "x", "model": "gpt-4"}).status_code == 404
+    bad = post(live, "/detokenize", {"tokens": [99999]})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "tokens"

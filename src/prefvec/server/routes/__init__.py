@@ -9,6 +9,7 @@ from prefvec.server.routes import (
     health,
     models,
     recipes,
+    tokenizer,
     ui,
     vectors,
 )
@@ -16,6 +17,7 @@ from prefvec.server.routes import (
 ROUTERS = [
     health.router,
     generation.router,
+    tokenizer.router,
     models.router,
     vectors.router,
     recipes.router,

@@ -1,5 +1,4 @@
-"""``POST /v1/chat/completions``, ``POST /v1/completions`` (OpenAI-compatible, SSE streaming) and
-``POST /v1/tokenize``.
+"""``POST /v1/chat/completions`` and ``POST /v1/completions`` (OpenAI-compatible, SSE streaming).
 
 Routes only parse and shape responses; :class:`~prefvec.server.service.GenerationService` does the
 work. A streaming response is opened only once the first event is there, so an error before it
@@ -43,8 +42,6 @@ from prefvec.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    TokenizeRequest,
-    TokenizeResponse,
     TopLogprob,
     Unsupported,
     Usage,
@@ -480,30 +477,3 @@ async def completions(req: CompletionRequest, state: Ready, request: Request) ->
         id=f"cmpl-{greqs[0].id}", created=int(time.time()), model=_model_name(state, req),
         choices=choices, usage=total_usage(done, req.n), prefvec=done[0].info,
     )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------- tokenize
-
-
-def _tokenize(state: ServerState, req: TokenizeRequest) -> list[int]:
-    resolver = state.service.resolver
-    if (req.prompt is None) == (req.messages is None):
-        raise BadRequestError("send exactly one of `prompt` and `messages`", field="prompt")
-    if req.messages is not None:
-        problems = [p for i, m in enumerate(req.messages) for p in m.unsupported(f"messages.{i}")]
-        if problems:
-            raise BadRequestError(
-                "; ".join(w for _, w in problems), problems=[w for _, w in problems],
-                field=problems[0][0],
-            )  # fmt: skip
-        return resolver.encode_chat([{"role": m.role, "content": m.text()} for m in req.messages])
-    return resolver.encode_text(str(req.prompt), "prompt")
-
-
-@router.post("/tokenize", response_model=TokenizeResponse)
-async def tokenize(req: TokenizeRequest, state: Ready) -> TokenizeResponse:
-    """Token ids of a text (no special tokens added) or of a chat (its template with the
-    generation prompt), exactly as the generation routes encode them; send them back as a
-    completions ``prompt`` to score a continuation."""
-    ids = await run_in_threadpool(_tokenize, state, req)
-    return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=state.backend.max_positions)
