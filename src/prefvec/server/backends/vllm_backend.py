@@ -214,7 +214,11 @@ class VLLMBackend(Backend):
             base_model=str(self.model_dir),
             max_entries=max(s.max_cpu_loras, s.max_loras),  # vLLM never drops one by itself
         )
-        self.engine = self._start_engine()
+        try:
+            self.engine = self._start_engine()
+        except BaseException:
+            self.adapters.clear(remove_root=True)  # no adapter folder outlives a failed start
+            raise
         config = self.engine.model_config
         self.max_positions = int(config.max_model_len)
         self.eos_ids = self._eos_ids(config)
