@@ -39,8 +39,12 @@ $(VENV_VLLM)/.installed: pyproject.toml
 
 install-vllm: $(VENV_VLLM)/.installed
 
+# The local demo has no operator key: operator routes (uploads, saving recipes) then serve
+# loopback clients only when it listens on loopback (issue 15); set PREFVEC_OPERATOR_KEYS
+# for anything else (behind a reverse proxy on this host every client is loopback).
+TRUST_LOOPBACK ?= $(if $(filter 127.0.0.1 localhost ::1,$(HOST)),true,false)
 serve: $(SERVE_VENV)/.installed
-	$(if $(BACKEND),PREFVEC_BACKEND=$(BACKEND) )$(SERVE_VENV)/bin/prefvec serve --host $(HOST) --port $(PORT) --preload-vectors vectors
+	PREFVEC_TRUST_LOOPBACK_OPERATOR=$(TRUST_LOOPBACK) $(if $(BACKEND),PREFVEC_BACKEND=$(BACKEND) )$(SERVE_VENV)/bin/prefvec serve --host $(HOST) --port $(PORT) --preload-vectors vectors
 
 test: install
 	$(PY) -m pytest -m "not slow and not gpu and not vllm" $(PYTEST_ARGS)
