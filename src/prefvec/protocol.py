@@ -22,11 +22,16 @@ Routes (request model -> response model):
 * ``GET /v1/recipes``: -> :class:`RecipeList` (latest version of every recipe).
 * ``GET /v1/recipes/{ref}``: -> :class:`RecipeInfo`.
 * ``POST /v1/recipes`` (operator): :class:`RecipeCreate` -> :class:`RecipeInfo` (201).
-* ``DELETE /v1/recipes/{ref}`` (operator): -> :class:`DeleteResponse`.
+* ``DELETE /v1/recipes/{ref}`` (operator): -> :class:`DeleteResponse`; 409 while a live
+  experiment pins it.
 * ``POST /v1/compare``: :class:`CompareRequest` -> :class:`CompareResponse`.
 * ``POST /v1/experiments`` (operator): :class:`ExperimentCreate` -> :class:`ExperimentInfo` (201).
-* ``GET /v1/experiments``: -> :class:`ExperimentList`.
+* ``GET /v1/experiments``: -> :class:`ExperimentList` (``?include_archived=true``: archived too).
 * ``GET /v1/experiments/{name}``: -> :class:`ExperimentReport`.
+* ``GET /v1/experiments/{name}/leaderboard``: -> :class:`Leaderboard` (Bradley–Terry).
+* ``POST /v1/experiments/{name}/end`` / ``.../archive`` (operator): -> :class:`ExperimentInfo`;
+  an ended or archived experiment routes no traffic and takes no feedback (409).
+* ``DELETE /v1/experiments/{name}`` (operator): -> :class:`DeleteResponse`.
 * ``POST /v1/feedback``: :class:`FeedbackRequest` -> :class:`FeedbackResponse` (201).
 * ``GET /health``: -> :class:`HealthResponse`.
 * ``GET /ready``: -> :class:`ReadyResponse` (200 once the model is loaded, else 503).

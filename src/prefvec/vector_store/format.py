@@ -25,12 +25,13 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from prefvec.protocol import NAME_PATTERN
+
 FORMAT_VERSION = 1
 METADATA_KEY = "prefvec"
 LORA_PREFIX = "base_model.model."
 LORA_A_SUFFIX = ".lora_A.weight"
 LORA_B_SUFFIX = ".lora_B.weight"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
 VectorKind = Literal["dense", "lowrank"]
