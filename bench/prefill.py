@@ -24,34 +24,29 @@ from bench.common import Report, command_line, load, median, model_spec, parser,
 
 
 def forward_time(model: Any, batch: int, past: int, new: int, repeats: int) -> float:
-    """Median seconds of one forward of ``new`` tokens per row over a cache of ``past``."""
+    """Median seconds of one forward of ``new`` tokens per row over a cache of ``past`` tokens
+    (the cache is built once and cropped back after every timed forward)."""
     from transformers import DynamicCache
 
     vocab = int(model.config.vocab_size)
     g = torch.Generator().manual_seed(0)
-    ctx = torch.randint(0, vocab, (batch, past), generator=g)
     ids = torch.randint(0, vocab, (batch, new), generator=g)
-
-    def run() -> None:
-        cache = DynamicCache(config=model.config)
-        if past:
-            model(input_ids=ctx, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-
-    def prefix_only() -> None:
-        if past:
-            model(input_ids=ctx, past_key_values=DynamicCache(config=model.config),
-                  use_cache=True, logits_to_keep=1)  # fmt: skip
-
+    cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        total = median(time_fn(run, repeats=repeats))
-        base = median(time_fn(prefix_only, repeats=repeats)) if past else 0.0
-    return max(total - base, 1e-6)
+        if past:
+            ctx = torch.randint(0, vocab, (batch, past), generator=g)
+            model(input_ids=ctx, past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+        def run() -> None:
+            model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.crop(past)
+
+        return median(time_fn(run, repeats=repeats))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = parser("prefill", __doc__.splitlines()[0])
-    p.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="server default: fp32")
     p.add_argument("--prompt", type=int, default=None, help="long prompt length (tokens)")
     args = p.parse_args(argv)
     machine = setup(args)
