@@ -39,7 +39,7 @@ def forward_time(model: Any, batch: int, past: int, new: int, repeats: int) -> f
 
         def run() -> None:
             model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache.crop(past)
+            cache.crop(-new)  # drop what this forward added
 
         return median(time_fn(run, repeats=repeats))
 
