@@ -13,7 +13,7 @@ VENV_VLLM ?= .venv-vllm
 PY_VLLM := $(VENV_VLLM)/bin/python
 SERVE_VENV := $(if $(filter vllm,$(BACKEND)),$(VENV_VLLM),$(VENV))
 
-.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-main results-mora results-eta clean
+.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-main results-mora results-eta screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ quality: install
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
+
+# The README's /ui screenshots (docs/screenshots/*.png): the bundled model and the demo vectors,
+# driven in Debian's headless chromium (apt-get install chromium).
+screenshots: install
+	$(PY) bench/screenshots.py --out docs/screenshots
 
 # The README results table (issue #5): every row evaluated in process on the bundled model, then
 # written into README.md between its markers. Vectors: vectors/ (demo) and results/vectors/

@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
 USER_KEY = "user-secret"
 PREFIX = "/proxy/arena"
 EXPERIMENT = "arena-exp"
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = int(os.environ.get("PREFVEC_UI_TIMEOUT_MS", "120000"))  # generous: shared CI machines
 RECIPES = {"harmless-half": {"harmless": 0.5}, "less-helpful": {"helpful": -0.3}}
 CARDS = {
     "harmless": ("Refuses harmful requests.", 0.81),
@@ -203,7 +203,9 @@ def send_prompt(page: Any, prompt: str) -> Any:
 # --------------------------------------------------------------------------------------- tests
 
 
-def test_page_loads_with_vector_cards(arena: LiveServer, page: Any) -> None:
+def test_page_loads_with_vector_cards(
+    arena: LiveServer, page: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Sliders and cards come from GET /v1/vectors; the load time is measured (not asserted)."""
     httpx.get(f"{arena.url}/ui")  # warm
     start = time.perf_counter()
@@ -214,10 +216,11 @@ def test_page_loads_with_vector_cards(arena: LiveServer, page: Any) -> None:
         " const r = performance.getEntriesByName('prefvec-ready')[0];"
         " return {dom: n.domContentLoadedEventEnd, load: n.loadEventEnd, ready: r.startTime}; }"
     )
-    print(
-        f"\n/ui load: DOMContentLoaded {timing['dom']:.0f} ms, load {timing['load']:.0f} ms, "
-        f"data shown {timing['ready']:.0f} ms (browser clock); {wall_ms:.0f} ms wall"
-    )
+    with capsys.disabled():  # reported, not asserted (the issue's "under 2 s")
+        print(
+            f"\n/ui load: DOMContentLoaded {timing['dom']:.0f} ms, load {timing['load']:.0f} ms, "
+            f"data shown {timing['ready']:.0f} ms (browser clock); {wall_ms:.0f} ms wall"
+        )
     listed = httpx.get(f"{arena.url}/v1/vectors").json()["data"]
     assert sorted(v["name"] for v in listed) == sorted(CARDS)
     for name, (description, accuracy) in CARDS.items():
@@ -302,8 +305,9 @@ def test_side_by_side_two_recipes(arena: LiveServer, page: Any) -> None:
         assert page.text_content(f"#sbs-col-{i} .scores") == scores
 
 
-def _battle(page: Any, url: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Run one battle; returns ({side: text}, {side: revealed arm}) after voting A."""
+def _battle(page: Any, url: str) -> tuple[dict[str, str], dict[str, str], dict]:
+    """Run one battle and vote A; returns {side: text}, {side: revealed arm} and the board as
+    shown the moment the page says the vote is recorded."""
     open_ui(page, url, "battle")
     page.select_option("#bt-exp", EXPERIMENT)
     page.fill("#bt-prompt", "Which is better?")
@@ -316,11 +320,11 @@ def _battle(page: Any, url: str) -> tuple[dict[str, str], dict[str, str]]:
     page.click("#bt-vote-a")
     page.wait_for_selector("#bt-msg.ok")
     names = {s: page.text_content(f"#bt-name-{s}").split()[2] for s in "ab"}
-    return texts, names
+    return texts, names, board_rows(page)
 
 
 def test_battle_vote_shows_in_report(arena: LiveServer, page: Any) -> None:
-    texts, names = _battle(page, arena.url)
+    texts, names, board = _battle(page, arena.url)
     assert sorted(names.values()) == ["arm-x", "arm-y"]
     recipes = {"arm-x": "harmless-half", "arm-y": "less-helpful"}
     for side in "ab":  # each anonymous answer is its arm's recipe
@@ -330,8 +334,7 @@ def test_battle_vote_shows_in_report(arena: LiveServer, page: Any) -> None:
     arms = {a["name"]: a for a in report["arms"]}
     assert arms[names["a"]]["pairwise_wins"] == 1
     assert arms[names["b"]]["pairwise_losses"] == 1
-    board = board_rows(page)  # the leaderboard, or the report's win rates on older servers
-    assert board[names["a"]]["wins"] == "1"
+    assert board[names["a"]]["wins"] == "1"  # the leaderboard already counts the vote
     assert board[names["b"]]["losses"] == "1"
 
 
@@ -445,3 +448,21 @@ def test_tie_vote_when_the_server_records_ties(arena: LiveServer, page: Any) -> 
     ties = {a["arm"]: a["ties"] for a in after["arms"]}
     assert ties == {a["arm"]: a["ties"] + 1 for a in before["arms"]}
     assert after["n_votes"] == before["n_votes"] + 1
+
+
+def test_board_falls_back_to_report_without_leaderboard_route(arena: LiveServer, page: Any) -> None:
+    """On a server without the leaderboard route (404), the page shows the report's win rates."""
+    page.route(
+        "**/leaderboard",
+        lambda route: route.fulfill(
+            status=404, json={"error": {"message": "no route", "code": "not_found"}}
+        ),
+    )
+    open_ui(page, arena.url, "battle")
+    page.select_option("#bt-exp", EXPERIMENT)
+    page.wait_for_selector("#bt-board >> text=from the experiment report")
+    report = httpx.get(f"{arena.url}/v1/experiments/{EXPERIMENT}").json()
+    board = board_rows(page)
+    for arm in report["arms"]:
+        assert board[arm["name"]]["wins"] == str(arm["pairwise_wins"])
+        assert board[arm["name"]]["losses"] == str(arm["pairwise_losses"])

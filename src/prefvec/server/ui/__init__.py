@@ -17,7 +17,7 @@ from PyPI here without moving torch or fastapi, and bundles its fonts):
   ``ReadableStream``: the page shows what an API client sees, the ``prefvec`` block included.
 * **Nothing more to install or import in the server**: three files (HTML, JS, CSS), no build step,
   no network at run time (the page's Content-Security-Policy allows its own origin only), about
-  30 kB against Gradio's 31 MB wheel plus pandas and pillow on the server's import path.
+  40 kB against Gradio's 31 MB wheel plus pandas and pillow on the server's import path.
 """
 
 from __future__ import annotations

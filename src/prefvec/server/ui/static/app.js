@@ -185,8 +185,12 @@ function initTabs() {
       history.replaceState(null, "", `#${tab.dataset.panel}`);
     });
   }
-  const wanted = location.hash.slice(1);
-  if (wanted && $(wanted) && $(wanted).getAttribute("role") === "tabpanel") showTab(wanted);
+  const fromHash = () => {
+    const wanted = location.hash.slice(1);
+    if (wanted && $(wanted) && $(wanted).getAttribute("role") === "tabpanel") showTab(wanted);
+  };
+  window.addEventListener("hashchange", fromHash);
+  fromHash();
 }
 
 // ---------------------------------------------------------------------------------- playground
@@ -447,6 +451,7 @@ async function runSideBySide() {
     max_tokens: Number($("sbs-max-tokens").value), seed: 0 };
   const cols = cands.map((c, i) => sbsColumn(i, c.label));
   $("sbs-cols").replaceChildren(...cols);
+  $("sbs-cols").dataset.state = "running";
   $("sbs-run").disabled = true;
   const results = await Promise.allSettled(cands.map((c, i) => streamColumn(cols[i], c, prompt,
     params)));
@@ -454,6 +459,7 @@ async function runSideBySide() {
   if (results.every((r) => r.status === "fulfilled") && $("sbs-score").checked) {
     await scoreColumns(cols, cands, prompt, params, results.map((r) => r.value));
   }
+  $("sbs-cols").dataset.state = "done";
 }
 
 /** The scorers' numbers under each column, from POST /v1/compare on the same prompt. */
@@ -491,8 +497,10 @@ function currentExperiment() {
 function renderExperiments() {
   const select = $("bt-exp");
   const old = select.value;
+  const label = (e) => `${e.name} (${e.arms.length} arms${e.status && e.status !== "live"
+    ? `, ${e.status}` : ""})`;
   select.replaceChildren(...state.experiments.map((e) => el("option",
-    { value: e.name, selected: e.name === old }, `${e.name} (${e.arms.length} arms)`)));
+    { value: e.name, selected: e.name === old }, label(e))));
   if (!state.experiments.length) select.append(el("option", { value: "" }, "no experiments"));
 }
 
@@ -514,6 +522,10 @@ async function startBattle() {
   $("bt-error").replaceChildren();
   $("bt-msg").replaceChildren();
   if (!exp) return showMessage("bt-error", "no experiment selected", "error");
+  if (exp.status && exp.status !== "live") {
+    return showMessage("bt-error", `experiment ${exp.name} is ${exp.status}: it takes no votes`,
+      "error");
+  }
   const [a, b] = drawPair(exp.arms);
   const user = `arena-${crypto.randomUUID()}`;
   state.battle = { experiment: exp.name, a, b, user, voted: false };
@@ -553,8 +565,9 @@ async function vote(kind) {
   const { a, b } = state.battle;
   $("bt-name-a").textContent = `A was ${a.name} (${a.recipe})`;
   $("bt-name-b").textContent = `B was ${b.name} (${b.recipe})`;
-  showMessage("bt-msg", `vote recorded: ${kind === "both_bad" ? "both bad" : kind}`);
-  await loadBoard();
+  await loadBoard(); // the message below says the board already counts this vote
+  const said = { a: "A is better", b: "B is better", tie: "tie", both_bad: "both bad" }[kind];
+  showMessage("bt-msg", `vote recorded: ${said}`);
 }
 
 function table(head, rows) {
@@ -577,9 +590,11 @@ function leaderboardTable(board) {
 
 function reportTable(report) {
   const rows = report.arms.map((a) => [a.name, a.recipe, a.pairwise_wins, a.pairwise_losses,
-    fmt(a.pairwise_win_rate) + interval(a.pairwise_ci_low, a.pairwise_ci_high)]);
+    a.pairwise_ties ?? "—", fmt(a.pairwise_win_rate) + interval(a.pairwise_ci_low,
+      a.pairwise_ci_high)]);
+  const head = ["arm", "recipe", "wins", "losses", "ties", "win rate [95% CI]"];
   return [el("p", { class: "muted" }, "win rates from the experiment report (this server has no "
-    + "leaderboard route)"), table(["arm", "recipe", "wins", "losses", "win rate [95% CI]"], rows)];
+    + "leaderboard route)"), table(head, rows)];
 }
 
 async function loadBoard() {
