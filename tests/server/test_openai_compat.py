@@ -423,6 +423,10 @@ def test_unknown_model_is_a_404_listing_valid_ids(live: LiveServer) -> None:
     err = r.json()["error"]
     assert err["param"] == "model" and "'gpt-4'" in err["message"]
     assert "'base'" in err["message"] and live.state.settings.model_name in err["message"]
+    with_experiment = post(
+        live, "/v1/chat/completions", {**CHAT, "model": "gpt-4", "experiment": "any", "user": "u"}
+    )
+    assert with_experiment.status_code == 404, with_experiment.text
     ok = post(live, "/v1/chat/completions", {**CHAT, "model": live.state.settings.model_name})
     assert ok.status_code == 200
     settings = live.state.resolver.settings

@@ -100,6 +100,12 @@ def prepare_all(
     **logprobs: Any,
 ) -> list[GenerationRequest]:
     """Resolve once, then prepare ``n`` generations per prompt (blocking: a worker thread)."""
+    if req.experiment is not None and service.resolver.check_model(req.model) is not None:
+        raise BadRequestError(
+            f"`experiment` ({req.experiment!r}) picks the recipe; `model` {req.model!r} names "
+            "one too",
+            field="model",
+        )
     resolved = service.resolve(
         preferences=req.preferences, recipe=req.recipe, merge=req.merge, model=req.model,
         experiment=req.experiment, user=req.user,

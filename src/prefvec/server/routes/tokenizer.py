@@ -25,9 +25,11 @@ from prefvec.protocol import (
     TokenizerInfo,
 )
 from prefvec.server.deps import Ready, User
+from prefvec.server.errors import error_responses
 from prefvec.server.state import ServerState
 
 router = APIRouter(tags=["tokenizer"], dependencies=[User])
+ERRORS = error_responses(400, 404, 422)
 
 
 def _refuse(problems: list[tuple[str, str]]) -> None:
@@ -55,8 +57,8 @@ def encode(state: ServerState, req: TokenizeRequest) -> list[int]:
     return list(resolver.encode_text(str(req.prompt), "prompt"))
 
 
-@router.post("/tokenize", response_model=TokenizeResponse)
-@router.post("/v1/tokenize", response_model=TokenizeResponse)
+@router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)
+@router.post("/v1/tokenize", response_model=TokenizeResponse, responses=ERRORS)
 async def tokenize(req: TokenizeRequest, state: Ready) -> TokenizeResponse:
     """Token ids of a text or a chat, as the generation routes encode them."""
     ids = await run_in_threadpool(encode, state, req)
@@ -70,8 +72,8 @@ def decode(state: ServerState, req: DetokenizeRequest) -> str:
     return str(resolver.tokenizer.decode(ids)) if ids else ""
 
 
-@router.post("/detokenize", response_model=DetokenizeResponse)
-@router.post("/v1/detokenize", response_model=DetokenizeResponse)
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS)
+@router.post("/v1/detokenize", response_model=DetokenizeResponse, responses=ERRORS)
 async def detokenize(req: DetokenizeRequest, state: Ready) -> DetokenizeResponse:
     """The text of token ids (special tokens kept)."""
     return DetokenizeResponse(prompt=await run_in_threadpool(decode, state, req))
