@@ -469,6 +469,40 @@ def test_client_disconnect_aborts_the_request(server: LiveServer) -> None:
         assert backend.stats()["in_flight"] == 0
 
 
+def test_queue_full_is_429_and_a_stuck_request_times_out(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = backend_of(server)
+    settings = server.state.settings
+    assert backend.settings is settings
+    # room for one waiting request (vLLM counts in-flight requests over its running capacity)
+    monkeypatch.setattr(settings, "max_queue", 1)
+    if is_vllm(server):
+        monkeypatch.setattr(settings, "max_batch_size", 0)
+    monkeypatch.setattr(settings, "request_timeout_s", 1.0)
+    first: dict[str, httpx.Response] = {}
+    backend.pause()
+    try:
+        t = threading.Thread(target=lambda: first.setdefault("r", chat(server.url, n=4)))
+        t.start()
+        deadline = time.monotonic() + 10
+        while backend.stats()["queue_depth"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        full = chat(server.url, {"concise": 0.5}, n=4)
+        assert full.status_code == 429, full.text
+        assert full.headers["Retry-After"] == "1"
+        t.join(30)
+        assert first["r"].status_code == 504 and "request_timeout_s" in first["r"].text
+    finally:
+        backend.resume()
+    deadline = time.monotonic() + 10
+    while backend.stats()["queue_depth"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.stats()["queue_depth"] == 0  # the timed-out request left the queue
+    monkeypatch.undo()
+    assert text_of(chat(server.url, {"concise": 0.5}, n=3))
+
+
 def test_metrics_show_backend_figures(server: LiveServer) -> None:
     assert chat(server.url, {"concise": 0.5}, n=3).status_code == 200
     text = httpx.get(server.url + "/metrics").text
