@@ -9,6 +9,7 @@ when ``/usr/bin/chromium`` or the ``playwright`` package is absent (``.ci/run`` 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -37,6 +38,10 @@ CARDS = {
     "helpful": ("Answers more fully.", 0.74),
     "truthful": ("Sticks to facts.", 0.66),
 }
+
+# the API's own answers, the oracles (generous timeouts: the CI machines are shared)
+get = functools.partial(httpx.get, timeout=120)
+post = functools.partial(httpx.post, timeout=120)
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is absent")
 pytestmark = pytest.mark.skipif(
@@ -92,7 +97,7 @@ def arena(
         {"name": "arm-x", "recipe": "harmless-half"},
         {"name": "arm-y", "recipe": "less-helpful"},
     ]
-    r = httpx.post(
+    r = post(
         f"{server.url}/v1/experiments",
         json={"name": EXPERIMENT, "arms": arms},
         headers={"Authorization": f"Bearer {OPERATOR_KEY}"},
@@ -166,7 +171,7 @@ def chat_oracle(url: str, prompt: str, key: str | None = None, **fields: Any) ->
         "seed": 0, **fields,
     }  # fmt: skip
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+    r = post(f"{url}/v1/chat/completions", json=body, headers=headers)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -207,7 +212,7 @@ def test_page_loads_with_vector_cards(
     arena: LiveServer, page: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Sliders and cards come from GET /v1/vectors; the load time is measured (not asserted)."""
-    httpx.get(f"{arena.url}/ui")  # warm
+    get(f"{arena.url}/ui")  # warm
     start = time.perf_counter()
     open_ui(page, arena.url)
     wall_ms = (time.perf_counter() - start) * 1000
@@ -221,7 +226,7 @@ def test_page_loads_with_vector_cards(
             f"\n/ui load: DOMContentLoaded {timing['dom']:.0f} ms, load {timing['load']:.0f} ms, "
             f"data shown {timing['ready']:.0f} ms (browser clock); {wall_ms:.0f} ms wall"
         )
-    listed = httpx.get(f"{arena.url}/v1/vectors").json()["data"]
+    listed = get(f"{arena.url}/v1/vectors").json()["data"]
     assert sorted(v["name"] for v in listed) == sorted(CARDS)
     for name, (description, accuracy) in CARDS.items():
         assert page.input_value(f"#w-{name}") == "0"
@@ -263,7 +268,7 @@ def test_save_as_recipe_needs_operator_key(arena: LiveServer, page: Any) -> None
     page.fill("#pg-recipe-name", "from-ui")
     page.click("#pg-save")
     page.wait_for_selector("#pg-save-msg.error")
-    refused = httpx.post(f"{arena.url}/v1/recipes", json={"name": "x", "weights": {}})
+    refused = post(f"{arena.url}/v1/recipes", json={"name": "x", "weights": {}})
     assert page.text_content("#pg-save-msg .message") == api_error(refused)
 
     page.fill("#key", OPERATOR_KEY)
@@ -271,7 +276,7 @@ def test_save_as_recipe_needs_operator_key(arena: LiveServer, page: Any) -> None
     page.wait_for_selector("body[data-ready='1']")
     page.click("#pg-save")
     page.wait_for_selector("#pg-save-msg.ok")
-    saved = httpx.get(f"{arena.url}/v1/recipes/from-ui").json()
+    saved = get(f"{arena.url}/v1/recipes/from-ui").json()
     assert saved["weights"] == {"truthful@1": -0.2}
     assert page.text_content("#pg-save-msg") == f"saved from-ui@1 · {saved['key']}"
 
@@ -293,7 +298,7 @@ def test_side_by_side_two_recipes(arena: LiveServer, page: Any) -> None:
         shown_key = page.text_content(f"#sbs-col-{i} [data-field=recipe_key]")
         assert shown_key == oracle["prefvec"]["recipe_key"]
         assert int(page.get_attribute(f"#sbs-col-{i} .out", "data-chunks")) > 1
-    compare = httpx.post(
+    compare = post(
         f"{arena.url}/v1/compare",
         json={
             "prompts": ["Tell me a story"], "max_tokens": 32, "temperature": 0, "seed": 0,
@@ -330,7 +335,7 @@ def test_battle_vote_shows_in_report(arena: LiveServer, page: Any) -> None:
     for side in "ab":  # each anonymous answer is its arm's recipe
         oracle = chat_oracle(arena.url, "Which is better?", recipe=recipes[names[side]])
         assert texts[side] == oracle["choices"][0]["message"]["content"]
-    report = httpx.get(f"{arena.url}/v1/experiments/{EXPERIMENT}").json()
+    report = get(f"{arena.url}/v1/experiments/{EXPERIMENT}").json()
     arms = {a["name"]: a for a in report["arms"]}
     assert arms[names["a"]]["pairwise_wins"] == 1
     assert arms[names["b"]]["pairwise_losses"] == 1
@@ -346,7 +351,7 @@ def test_invalid_upload_shows_api_message(arena: LiveServer, page: Any, tmp_path
     page.click("#up-go")
     page.wait_for_selector("#up-msg.error")
     with bad.open("rb") as f:
-        no_key = httpx.post(f"{arena.url}/v1/vectors", files={"file": ("broken.safetensors", f)})
+        no_key = post(f"{arena.url}/v1/vectors", files={"file": ("broken.safetensors", f)})
     assert no_key.status_code == 401
     assert page.text_content("#up-msg .message") == api_error(no_key)
 
@@ -356,14 +361,14 @@ def test_invalid_upload_shows_api_message(arena: LiveServer, page: Any, tmp_path
     page.click("#up-go")
     page.wait_for_selector("#up-msg.error >> text=/safetensors|header|JSON/i")
     with bad.open("rb") as f:
-        invalid = httpx.post(
+        invalid = post(
             f"{arena.url}/v1/vectors",
             files={"file": ("broken.safetensors", f)},
             headers={"Authorization": f"Bearer {OPERATOR_KEY}"},
         )
     assert 400 <= invalid.status_code < 500
     assert page.text_content("#up-msg .message") == api_error(invalid)
-    assert len(httpx.get(f"{arena.url}/v1/vectors").json()["data"]) == len(CARDS)
+    assert len(get(f"{arena.url}/v1/vectors").json()["data"]) == len(CARDS)
 
 
 def test_valid_upload_adds_a_slider(arena: LiveServer, page: Any, tmp_path: Path) -> None:
@@ -377,7 +382,7 @@ def test_valid_upload_adds_a_slider(arena: LiveServer, page: Any, tmp_path: Path
     page.fill("#up-description", "A copy of helpful under another name.")
     page.click("#up-go")
     page.wait_for_selector("#up-msg.ok")
-    info = httpx.get(f"{arena.url}/v1/vectors/kind").json()
+    info = get(f"{arena.url}/v1/vectors/kind").json()
     assert page.text_content("#up-msg").startswith(f"stored kind@{info['version']} (lowrank")
     assert page.locator("#w-kind").count() == 1
     assert page.locator("#w-kind ~ .card-line").text_content().startswith("A copy of helpful")
@@ -401,7 +406,7 @@ def test_behind_prefix_with_keys(keyed: LiveServer, page: Any) -> None:
     page.goto(f"{keyed.url}/ui/")  # the trailing slash redirects relatively, keeping the prefix
     page.wait_for_selector("body[data-ready='0']")
     assert page.url == f"{keyed.url}/ui"
-    assert page.text_content("#status") == api_error(httpx.get(f"{keyed.url}/v1/models"))
+    assert page.text_content("#status") == api_error(get(f"{keyed.url}/v1/models"))
     assert page.locator("#pg-sliders input[type=range]").count() == 0
 
     page.fill("#key", USER_KEY)
@@ -428,7 +433,7 @@ def test_behind_prefix_with_keys(keyed: LiveServer, page: Any) -> None:
     assert page.evaluate("() => sessionStorage.getItem('prefvec.key')") == USER_KEY
     assert page.evaluate("() => localStorage.length") == 0
     assert page.context.cookies() == []
-    assert httpx.get(f"{root}/ui").status_code == 404  # only the prefix is served
+    assert get(f"{root}/ui").status_code == 404  # only the prefix is served
 
 
 def test_tie_vote_when_the_server_records_ties(arena: LiveServer, page: Any) -> None:
@@ -441,10 +446,10 @@ def test_tie_vote_when_the_server_records_ties(arena: LiveServer, page: Any) -> 
     page.fill("#bt-prompt", "A tie?")
     page.click("#bt-go")
     page.wait_for_selector("#bt-vote-tie:enabled")
-    before = httpx.get(f"{arena.url}/v1/experiments/{EXPERIMENT}/leaderboard").json()
+    before = get(f"{arena.url}/v1/experiments/{EXPERIMENT}/leaderboard").json()
     page.click("#bt-vote-tie")
     page.wait_for_selector("#bt-msg.ok")
-    after = httpx.get(f"{arena.url}/v1/experiments/{EXPERIMENT}/leaderboard").json()
+    after = get(f"{arena.url}/v1/experiments/{EXPERIMENT}/leaderboard").json()
     ties = {a["arm"]: a["ties"] for a in after["arms"]}
     assert ties == {a["arm"]: a["ties"] + 1 for a in before["arms"]}
     assert after["n_votes"] == before["n_votes"] + 1
@@ -461,7 +466,7 @@ def test_board_falls_back_to_report_without_leaderboard_route(arena: LiveServer,
     open_ui(page, arena.url, "battle")
     page.select_option("#bt-exp", EXPERIMENT)
     page.wait_for_selector("#bt-board >> text=from the experiment report")
-    report = httpx.get(f"{arena.url}/v1/experiments/{EXPERIMENT}").json()
+    report = get(f"{arena.url}/v1/experiments/{EXPERIMENT}").json()
     board = board_rows(page)
     for arm in report["arms"]:
         assert board[arm["name"]]["wins"] == str(arm["pairwise_wins"])

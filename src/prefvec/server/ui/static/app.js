@@ -365,7 +365,10 @@ function sourceRow(i, selected, custom) {
     sourceOptions().map(([v, label]) => el("option", { value: v, selected: v === selected }, label)));
   const weights = el("input", { id: `sbs-w-${i}`, placeholder: "helpful=1, harmless=-0.5",
     value: custom, hidden: select.value !== "custom" });
-  select.addEventListener("change", () => { weights.hidden = select.value !== "custom"; });
+  select.addEventListener("change", () => {
+    weights.hidden = select.value !== "custom";
+    select.dataset.touched = "1"; // kept across re-renders (a new recipe, more columns)
+  });
   return el("div", { class: "source" }, el("span", { class: "col-n" }, `${i + 1}`), select, weights);
 }
 
@@ -379,8 +382,10 @@ function renderSources() {
   const rows = [];
   for (let i = 0; i < n; i++) {
     const old = $(`sbs-src-${i}`);
-    const known = old && sourceOptions().some(([v]) => v === old.value);
-    rows.push(sourceRow(i, known ? old.value : defaultSource(i), $(`sbs-w-${i}`)?.value || ""));
+    const keep = old && old.dataset.touched && sourceOptions().some(([v]) => v === old.value);
+    const row = sourceRow(i, keep ? old.value : defaultSource(i), $(`sbs-w-${i}`)?.value || "");
+    if (keep) row.querySelector("select").dataset.touched = "1";
+    rows.push(row);
   }
   $("sbs-sources").replaceChildren(...rows);
 }
