@@ -57,8 +57,35 @@ def cmd_sequential(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_refusal(args: argparse.Namespace) -> int:
+    from prefvec.training.refusal.build import RefusalDataConfig, build_refusal_set
+
+    manifest = build_refusal_set(config_from_args(RefusalDataConfig, args))
+    keep = ("file", "sha256", "rows", "rows_by_kind")
+    print(json.dumps({k: manifest[k] for k in keep}, indent=2))
+    return 0
+
+
+def register_data(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``data refusal`` (the refusal-preference set) to a subparsers object."""
+    from prefvec.training.refusal.build import RefusalDataConfig
+
+    data = subparsers.add_parser("data", help="build training data sets (refusal preferences)")
+    sub = data.add_subparsers(dest="data_cmd", required=True)
+    p = sub.add_parser(
+        "refusal",
+        help="refusal-preference set: decline harmful requests, help benign ones",
+        description=(RefusalDataConfig.__doc__ or "").strip(),
+    )
+    add_config_arguments(p, RefusalDataConfig)
+    p.set_defaults(func=cmd_data_refusal)
+    return data
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``train`` with ``dpo``, ``raco`` and ``sequential`` to a subparsers object."""
+    """Add ``train`` with ``dpo``, ``raco`` and ``sequential``, and ``data``, to a subparsers
+    object."""
+    register_data(subparsers)
     train = subparsers.add_parser("train", help="train preference vectors (DPO, RACO, sequential)")
     sub = train.add_subparsers(dest="train_cmd", required=True)
     for name, cls, func, text in (

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
+from prefvec.defaults import DEFAULT_BASE
 from prefvec.errors import ValidationError
 
-DEFAULT_BASE = "bundled:smollm2-135m-instruct"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+ALL_PROJECTIONS = (*DEFAULT_TARGETS, "gate_proj", "up_proj", "down_proj")
+DPO_LOSSES = ("sigmoid", "sft", "hinge", "ipo", "robust", "bco_pair", "apo_zero", "apo_down")
 C = TypeVar("C")
 
 
@@ -71,6 +73,32 @@ class CommonTrainConfig:
         metadata=_h("Only these decoder layer indices get LoRA (empty: all layers)."),
     )
     beta: float = field(default=0.1, metadata=_h("DPO β (temperature of the implicit reward)."))
+    loss_type: list[str] = field(
+        default_factory=lambda: ["sigmoid"],
+        metadata=_h(
+            "TRL DPO loss terms, summed with loss_weights: sigmoid (DPO), and sft for an NLL term "
+            "on the chosen reply (makes the chosen text the likeliest, not only the rejected less "
+            "likely)."
+        ),
+    )
+    loss_weights: list[float] = field(
+        default_factory=lambda: [],
+        metadata=_h("One weight per loss_type term (empty: all 1)."),
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata=_h(
+            "Recompute activations in the backward pass (TRL's default is on): saves memory on "
+            "large models, costs about a third more compute per step."
+        ),
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata=_h(
+            "Compute the reference log-probs once before training (TRL); pays off only when the "
+            "run sees each pair more than once."
+        ),
+    )
     steps: int = field(default=100, metadata=_h("Optimizer steps."))
     learning_rate: float = field(
         default=5e-4, metadata=_h("Peak learning rate (LoRA); use ~5e-6 for full fine-tuning.")
@@ -132,6 +160,18 @@ class CommonTrainConfig:
                 f"`max_prompt_length` must be < `max_length`, got {self.max_prompt_length} "
                 f">= {self.max_length}"
             )
+        bad_losses = [t for t in self.loss_type if t not in DPO_LOSSES]
+        if not self.loss_type or bad_losses:
+            p.append(
+                f"`loss_type` must be non-empty, from {list(DPO_LOSSES)}, got {self.loss_type}"
+            )
+        if self.loss_weights and len(self.loss_weights) != len(self.loss_type):
+            p.append(
+                f"`loss_weights` needs {len(self.loss_type)} values (one per loss_type), got "
+                f"{self.loss_weights}"
+            )
+        if any(not (math.isfinite(w) and w >= 0) for w in self.loss_weights):
+            p.append(f"`loss_weights` must be finite and >= 0, got {self.loss_weights}")
         for name in ("dtype", "vector_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 p.append(
@@ -161,11 +201,22 @@ class DPOJobConfig(CommonTrainConfig):
     name: str | None = field(
         default=None, metadata=_h("Vector name in the store (default: the preference).")
     )
+    only: str = field(
+        default="",
+        metadata=_h(
+            "Train only this half (pos or neg) and stop, so two processes can train the halves "
+            "at once; the same command without it then reuses both and extracts φ."
+        ),
+    )
 
     def _problems(self) -> list[str]:
         p = super()._problems()
         if self.method not in ("contrast", "positive_only"):
             p.append(f"`method` must be contrast or positive_only, got {self.method!r}")
+        if self.only not in ("", "pos", "neg"):
+            p.append(f"`only` must be pos, neg or empty, got {self.only!r}")
+        if self.only == "neg" and self.method != "contrast":
+            p.append("`only` neg needs `method` contrast (positive_only has no θ−)")
         return p
 
 

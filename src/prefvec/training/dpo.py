@@ -160,6 +160,10 @@ def trl_config(cfg: CommonTrainConfig, out_dir: Path, steps: int | None = None) 
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=min(10, max(0, (steps or cfg.steps) // 10)),
         beta=cfg.beta,
+        loss_type=list(cfg.loss_type),
+        loss_weights=list(cfg.loss_weights) or None,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         max_length=cfg.max_length,
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,
@@ -336,6 +340,11 @@ def run_dpo_job(cfg: DPOJobConfig) -> DPOJobResult:
     train, val, info = prepare_pairs(cfg, cfg.preference)
     logger.info("%s: %d train / %d validation pairs", cfg.preference, len(train), len(val))
     out = Path(cfg.output_dir)
+    if cfg.only:
+        half = train if cfg.only == "pos" else [p.swapped() for p in train]
+        run = train_dpo_run(base_dir, half, val, cfg, out / cfg.only)
+        report = {**info, "only": cfg.only, "eval": {cfg.only: run.eval}, "wall_s": run.wall_s}
+        return DPOJobResult(run, None, None, report=report)
     pos = train_dpo_run(base_dir, train, val, cfg, out / "pos")
     neg = None
     if cfg.method == "contrast":

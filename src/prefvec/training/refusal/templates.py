@@ -1,0 +1,100 @@
+"""Versioned reply templates of the refusal-preference set (``templates/<version>.json``).
+
+A harmful request's *chosen* reply is an opening ("I can't help with that.") plus the safe
+alternative of the request's category; a benign request's *rejected* reply is an opening plus a
+generic offer. Which opening a request gets is fixed by sha256(seed, request id, slot), so the
+set does not depend on row order and two slots of one request get different openings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefvec.errors import NotFoundError, ValidationError
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+DEFAULT_VERSION = "refusal_v1"
+
+
+@dataclass(frozen=True)
+class Category:
+    """A kind of harmful request: the keywords that find it and the alternative it offers."""
+
+    name: str
+    keywords: tuple[str, ...]
+    alternative: str
+
+
+@dataclass(frozen=True)
+class RefusalTemplates:
+    """One version of the template file, parsed (see the module docstring)."""
+
+    version: str
+    openings: tuple[str, ...]
+    categories: tuple[Category, ...]
+    default_alternative: str
+    benign_refusal_alternative: str
+    risky_benign_prompts: tuple[str, ...]
+    heldout_harmful: tuple[str, ...]
+    heldout_benign_risky: tuple[str, ...]
+    sha256: str
+
+    def category(self, request: str) -> Category | None:
+        """The first category with a keyword in the lower-cased request, else ``None``."""
+        low = request.lower()
+        return next((c for c in self.categories if any(k in low for k in c.keywords)), None)
+
+    def opening_index(self, seed: int, request_id: str, slot: int = 0) -> int:
+        """Index of the opening for ``(request_id, slot)``; slots 0..n-1 get distinct ones."""
+        digest = hashlib.sha256(f"{seed}\x00{request_id}".encode()).digest()
+        start = int.from_bytes(digest[:4], "big") % len(self.openings)
+        return (start + slot) % len(self.openings)
+
+    def decline(self, request: str, index: int) -> tuple[str, str]:
+        """(chosen refusal text, category name) for a harmful request."""
+        cat = self.category(request)
+        alt = cat.alternative if cat else self.default_alternative
+        return f"{self.openings[index]} {alt}", cat.name if cat else "default"
+
+    def benign_refusal(self, index: int) -> str:
+        """The refusal used as the *rejected* reply of a benign request."""
+        return f"{self.openings[index]} {self.benign_refusal_alternative}"
+
+
+def load_templates(version: str = DEFAULT_VERSION) -> RefusalTemplates:
+    """Read and check ``templates/<version>.json``.
+
+    Raises:
+        NotFoundError: no such version.
+        ValidationError: a required key is missing or empty (all of them listed).
+    """
+    path = TEMPLATE_DIR / f"{version}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in TEMPLATE_DIR.glob("*.json"))
+        raise NotFoundError(
+            f"`template_version` {version!r} not found; known: {known}", field="template_version"
+        )
+    raw = path.read_bytes()
+    data: dict[str, Any] = json.loads(raw)
+    need = ("openings", "categories", "default_alternative", "benign_refusal_alternative")
+    problems = [f"`{k}` is missing or empty in {path.name}" for k in need if not data.get(k)]
+    if problems:
+        raise ValidationError("; ".join(problems), problems=problems, field="template_version")
+    held = data.get("heldout_demo_prompts", {})
+    return RefusalTemplates(
+        version=version,
+        openings=tuple(data["openings"]),
+        categories=tuple(
+            Category(c["name"], tuple(c["keywords"]), c["alternative"]) for c in data["categories"]
+        ),
+        default_alternative=data["default_alternative"],
+        benign_refusal_alternative=data["benign_refusal_alternative"],
+        risky_benign_prompts=tuple(data.get("risky_benign_prompts", ())),
+        heldout_harmful=tuple(held.get("harmful", ())),
+        heldout_benign_risky=tuple(held.get("benign_risky", ())),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
