@@ -24,9 +24,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from prefvec.defaults import DEFAULT_BASE
 from prefvec.errors import ValidationError
 
-DEFAULT_BASE = "bundled:smollm2-135m-instruct"
 _LIST_FIELDS = {"operator_keys", "user_keys", "scorers", "trusted_proxies"}
 
 
@@ -116,10 +116,13 @@ class ServerSettings(BaseSettings):
         "(iteration-level batching); 'static' runs each batch to its end (for comparison).",
     )
     max_prefill_tokens: int = Field(
-        default=512,
+        default=256,
         ge=1,
         description="Prompt tokens prefilled per step at most (longer prompts are prefilled in "
-        "chunks between decode steps, so running rows are not stalled for long).",
+        "chunks between decode steps, so running rows are not stalled for long). 256 on the "
+        "bundled model on 2 CPU cores: a chunk holds running rows ~7 decode steps, and a "
+        "1024-token prompt's prefill costs about what one 1024-token chunk does "
+        "(bench/prefill.py, BENCHMARKS.md §4b).",
     )
     max_queue_share_compare: float = Field(
         default=0.5,
