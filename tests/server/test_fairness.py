@@ -65,3 +65,47 @@ def test_refused_compare_queues_nothing(srv_base_dir: Path, vector_files, tmp_pa
         assert backend.stats()["queue_depth"] == 0
     finally:
         server.stop()
+
+
+def test_unusable_scorer_fails_before_any_generation(
+    srv_base_dir: Path, vector_files, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A scorer that cannot be built (503) fails the compare before anything is generated."""
+    from prefvec.errors import ServiceUnavailableError
+    from prefvec.scoring import registry
+
+    def broken(**_: Any) -> Any:
+        raise ServiceUnavailableError("the judge is down")
+
+    monkeypatch.setitem(registry._REGISTRY, "_down", broken)
+    make_store(tmp_path / "store", srv_base_dir, vector_files)
+    server = LiveServer(server_settings(tmp_path, srv_base_dir)).start()
+    try:
+        backend = server.state.backend
+        before = backend.counters.prefill_chunks
+        body = {"prompts": ["a"], "candidates": [{"preferences": {"concise": 1}}, {}],
+                "max_tokens": 4, "scorers": ["_down"]}  # fmt: skip
+        r = httpx.post(server.url + "/v1/compare", json=body, timeout=30)
+        assert r.status_code == 503 and "judge is down" in r.text
+        assert backend.counters.prefill_chunks == before
+    finally:
+        server.stop()
+
+
+def test_unreachable_judge_fails_before_any_generation(
+    srv_base_dir: Path, vector_files, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The LLM judge is listed as usable; with its API down the compare is a 503 at once."""
+    monkeypatch.setenv("PREFVEC_JUDGE_URL", "http://127.0.0.1:9/v1")  # nothing listens there
+    make_store(tmp_path / "store", srv_base_dir, vector_files)
+    server = LiveServer(server_settings(tmp_path, srv_base_dir)).start()
+    try:
+        backend = server.state.backend
+        before = backend.counters.prefill_chunks
+        body = {"prompts": ["a"], "candidates": [{"preferences": {"concise": 1}}, {}],
+                "max_tokens": 4, "scorers": ["llm_judge_helpful"]}  # fmt: skip
+        r = httpx.post(server.url + "/v1/compare", json=body, timeout=30)
+        assert r.status_code == 503 and "judge unreachable" in r.text
+        assert backend.counters.prefill_chunks == before
+    finally:
+        server.stop()

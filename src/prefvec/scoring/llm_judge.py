@@ -139,6 +139,19 @@ class LLMJudge(Scorer):
             **self.extra_body,
         }
 
+    def check(self) -> None:
+        """The judge's API answers ``GET /models`` (a few seconds at most).
+
+        Raises:
+            ServerUnreachableError: it does not (HTTP 503).
+        """
+        try:
+            self.http.get(self.url.rstrip("/") + "/models", timeout=5.0).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ServerUnreachableError(
+                f"`url` {self.url!r}: judge unreachable ({exc})", field="url"
+            ) from exc
+
     def judge_one(self, prompt: str, output: str) -> float:
         """Ask the judge once; the parsed rating (NaN when the reply has none)."""
         try:

@@ -54,6 +54,10 @@ class Scorer(ABC):
             One float per output, inside ``self.info.range``.
         """
 
+    def check(self) -> None:  # noqa: B027 - a no-op for scorers that need nothing outside
+        """Raise if the scorer cannot score now (e.g. its judge is unreachable), so callers can
+        refuse before they generate what it would score."""
+
     def score_one(self, prompt: str, output: str, reference: str | None = None) -> float:
         """Score one output."""
         return self.score([prompt], [output], None if reference is None else [reference])[0]

@@ -68,6 +68,7 @@ def get_scorer(name: str) -> Scorer:
     from prefvec.scoring import get_scorer as build
 
     scorer = build(name)
+    scorer.check()  # an unusable scorer fails now, not after the generations it would score
     return Scorer(name, scorer.score_one, scorer.info.higher_is_better)
 
 
@@ -108,7 +109,8 @@ async def run_compare(
     """Generate every prompt × candidate (scorers are built first, so an unusable one fails
     before any generation), score, summarise."""
     names = list(req.scorers if req.scorers is not None else default_scorers)
-    scorers = [get_scorer(n) for n in names]
+    # built and checked off the event loop (a judge may be this very server)
+    scorers = await asyncio.to_thread(lambda: [get_scorer(n) for n in names])
     labels = [candidate_label(c, i) for i, c in enumerate(req.candidates)]
     if len(set(labels)) != len(labels):
         raise ValidationError(
