@@ -210,19 +210,25 @@ class GenerationService:
         stops early. Usage is recorded at the finish."""
         with self.admission.hold(request.user):
             events = self.backend.generate(request)
+            finished = False
             try:
                 while True:
                     event = await self._next(events, request)
                     if event is None:
                         return
                     if isinstance(event, FinishEvent):
+                        finished = True
                         self._record(request, event)
                     yield event
             except BaseException as exc:
                 self._reject(exc)
                 raise
             finally:
-                await events.aclose()
+                if not finished:  # withdrawn whatever state the backend's iterator is in
+                    self.backend.abort(request.id)
+                # an iterator still unwinding a cancellation cannot be closed twice
+                with contextlib.suppress(RuntimeError):
+                    await events.aclose()
 
     async def _next(self, events: AsyncIterator[Event], request: GenerationRequest) -> Any:
         left = (request.deadline or math.inf) - time.monotonic()
