@@ -313,6 +313,17 @@ def test_max_tokens_and_finish_reason(server: LiveServer) -> None:
         )
 
 
+def test_logit_bias_and_penalties_are_honoured(server: LiveServer) -> None:
+    """Both backends apply OpenAI's logit_bias and penalties (never silently ignored)."""
+    forced = text_of(chat(server.url, {"concise": 0.5}, n=6, logit_bias={"65": 100}))
+    assert forced == "_" * 6  # id 65 is "_" in the tiny byte vocabulary
+    plain = text_of(chat(server.url, {"concise": 0.5}, n=16))
+    penalised = text_of(chat(server.url, {"concise": 0.5}, n=16, frequency_penalty=2.0,
+                             presence_penalty=2.0))  # fmt: skip
+    assert penalised != plain
+    assert len(set(penalised)) >= len(set(plain))  # penalties push towards unseen tokens
+
+
 def test_seeded_sampling_is_reproducible(server: LiveServer) -> None:
     prefs = {"concise": 0.6}
     a = text_of(chat(server.url, prefs, n=16, temperature=1.0, seed=7))

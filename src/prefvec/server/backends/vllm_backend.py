@@ -559,6 +559,9 @@ class VLLMBackend(Backend):
             temperature=0.0 if greedy else p.temperature,
             top_p=1.0 if greedy else p.top_p,
             seed=p.seed,
+            frequency_penalty=p.frequency_penalty,  # OpenAI's semantics, as ours
+            presence_penalty=p.presence_penalty,
+            logit_bias=dict(p.logit_bias) or None,
             logprobs=p.logprobs,
             prompt_logprobs=p.prompt_logprobs,
             stop_token_ids=sorted(self.eos_ids),
