@@ -72,3 +72,30 @@ def test_disconnect_before_a_non_streaming_reply_cancels_it(slow_live: LiveServe
     r = httpx.post(slow_live.url + "/v1/completions", json=short, timeout=30)
     assert r.status_code == 200
     assert time.monotonic() - start < 3.0
+
+
+def test_stream_abandoned_while_queued_leaves_the_queue(slow_live: LiveServer) -> None:
+    """A streaming request whose client leaves before its first token (it waits behind a
+    running one) is withdrawn from the queue, not run later for nobody."""
+    import threading
+
+    backend = slow_live.state.backend
+    long_body = {"prompt": "hello", "max_tokens": 400, "temperature": 0, "stop": None}
+    t = threading.Thread(
+        target=lambda: httpx.post(slow_live.url + "/v1/completions", json=long_body, timeout=60)
+    )
+    t.start()
+    deadline = time.monotonic() + 10
+    while backend.stats()["running"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    body = {"prompt": "hi", "max_tokens": 3, "temperature": 0, "stream": True}
+    with (
+        httpx.Client(base_url=slow_live.url, timeout=0.5) as client,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        client.post("/v1/completions", json=body)  # queued behind the long one, then hangs up
+    deadline = time.monotonic() + 5
+    while backend.stats()["queue_depth"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert backend.stats()["queue_depth"] == 0, "the abandoned stream is still queued"
+    t.join(60)

@@ -370,7 +370,8 @@ async def chat_completions(req: ChatCompletionRequest, state: Ready, request: Re
     )
     texts = TokenTexts(service.resolver.tokenizer)
     if req.stream:
-        return _chat_stream(state, req, await service.start(greqs[0]), texts)
+        stream = await until_disconnected(request.receive, service.start(greqs[0]))
+        return _chat_stream(state, req, stream, texts)
     done = await run_all(service, request, greqs)
     choices = [
         ChatChoice(
@@ -472,7 +473,7 @@ async def completions(req: CompletionRequest, state: Ready, request: Request) ->
     )  # fmt: skip
     texts = TokenTexts(service.resolver.tokenizer)
     if req.stream:
-        stream = await service.start(greqs[0])
+        stream = await until_disconnected(request.receive, service.start(greqs[0]))
         return _completion_stream(state, req, stream, texts, prompts[0])
     done = await run_all(service, request, greqs)
     choices = [
