@@ -388,6 +388,34 @@ def test_valid_upload_adds_a_slider(arena: LiveServer, page: Any, tmp_path: Path
     assert page.locator("#w-kind ~ .card-line").text_content().startswith("A copy of helpful")
 
 
+def test_peft_adapter_archive_upload(arena: LiveServer, page: Any, tmp_path: Path) -> None:
+    """A PEFT adapter folder zipped and uploaded through the page becomes a low-rank vector."""
+    import zipfile
+
+    from prefvec.vector_store import PreferenceVector
+
+    lowrank = next(r for r in arena.state.store.list() if r.kind == "lowrank")
+    folder = PreferenceVector.load(arena.state.store.blob_path(lowrank.ref)).export_peft(
+        tmp_path / "adapter"
+    )
+    archive = tmp_path / "adapter.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in folder.iterdir():
+            zf.write(f, "adapter/" + f.name)
+    open_ui(page, arena.url, "vectors")
+    page.fill("#key", OPERATOR_KEY)
+    page.click("#key-save")
+    page.wait_for_selector("body[data-ready='1']")
+    page.set_input_files("#up-file", str(archive))
+    page.fill("#up-name", "from-peft")
+    page.click("#up-go")
+    page.wait_for_selector("#up-msg.ok")
+    info = get(f"{arena.url}/v1/vectors/from-peft").json()
+    assert info["kind"] == "lowrank"
+    assert page.text_content("#up-msg").startswith(f"stored from-peft@{info['version']} (lowrank")
+    assert page.locator("#w-from-peft").count() == 1
+
+
 @pytest.fixture(scope="module")
 def keyed(
     srv_base_dir: Path, ui_vector_files: dict, tmp_path_factory: pytest.TempPathFactory

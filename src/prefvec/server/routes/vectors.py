@@ -110,7 +110,9 @@ def _metadata(raw: Any) -> dict[str, Any] | None:
     openapi_extra=UPLOAD_SCHEMA, responses=error_responses(400, 404),
 )  # fmt: skip
 async def upload_vector(request: Request, state: Ready) -> VectorInfo:
-    """Multipart upload: ``file`` (safetensors, streamed to disk) and optional ``metadata`` JSON.
+    """Multipart upload: ``file`` (safetensors, streamed to disk; or a zip/tar archive of a PEFT
+    LoRA adapter folder, stored as its exact low-rank vector) and optional ``metadata`` JSON
+    (``name`` required with an archive).
 
     The body is parsed only after the operator check, and its size is bounded while it streams.
     """
@@ -125,10 +127,25 @@ async def upload_vector(request: Request, state: Ready) -> VectorInfo:
         if not isinstance(upload, UploadFile):
             raise ValidationError("`file` is required (a safetensors file part)", field="file")
         meta = _metadata(form.get("metadata"))
-        rec = await run_in_threadpool(state.store.put, upload.file, metadata=meta)
+        rec = await run_in_threadpool(_put_upload, state, upload.file, meta)
     finally:
         await form.close()
     return vector_info(rec)
+
+
+def _put_upload(state: Any, file: Any, meta: dict[str, Any] | None) -> Any:
+    """Store a safetensors upload as is, or a PEFT adapter archive as its exact low-rank vector."""
+    from prefvec.vector_store.peft_archive import is_archive, vector_from_peft_archive
+
+    head = file.read(262)
+    file.seek(0)
+    if not is_archive(head):
+        return state.store.put(file, metadata=meta)
+    vec = vector_from_peft_archive(
+        file, base_fingerprint=state.store.base.fingerprint, metadata=meta,
+        max_bytes=state.settings.max_upload_bytes,
+    )  # fmt: skip
+    return state.store.put(vec)
 
 
 @router.delete(
