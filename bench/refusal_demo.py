@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quote", type=int, default=3, help="prompts of each kind quoted in Markdown")
     p.add_argument("--out", default="results/eval/refusal-demo.json")
     p.add_argument("--markdown", default=None, help="also write the quotes as Markdown here")
+    p.add_argument(
+        "--reuse-base",
+        default=None,
+        help="an earlier output JSON whose η = 0 row (the base: no vector) is reused, not rerun",
+    )
     return p
 
 
@@ -68,6 +73,20 @@ def markdown(rows: Sequence[dict[str, Any]], vector: str, n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _base_row(
+    path: str, prompts: dict[str, list[str]], extra: dict[str, float]
+) -> dict[str, Any] | None:
+    """The η = 0 row of an earlier run with the same prompts and no extra weights, else None."""
+    if extra or not Path(path).is_file():
+        return None
+    old = json.loads(Path(path).read_text(encoding="utf-8"))
+    for row in old["rows"]:
+        same = {k: [q["prompt"] for q in v] for k, v in row["replies"].items()} == prompts
+        if row["eta"] == 0.0 and same:
+            return dict(row)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     from prefvec.evaluation.targets import ModelHandle
@@ -80,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     handle = ModelHandle(args.base, vectors_dir=args.vectors_dir, dtype=args.dtype)
     etas = [float(e) for e in args.etas.split(",")]
-    rows = eta_sweep(handle, args.vector, etas, prompts, args.max_new_tokens, extra)
+    reused = _base_row(args.reuse_base, prompts, extra) if args.reuse_base and 0.0 in etas else None
+    todo = [e for e in etas if not (reused and e == 0.0)]
+    rows = eta_sweep(handle, args.vector, todo, prompts, args.max_new_tokens, extra)
+    rows = sorted(rows + ([reused] if reused else []), key=lambda r: r["eta"])
     result = {
         "command": "python bench/refusal_demo.py " + " ".join(argv or sys.argv[1:]),
         "vector": args.vector, "vectors_dir": args.vectors_dir, "extra": extra,
