@@ -13,7 +13,7 @@ VENV_VLLM ?= .venv-vllm
 PY_VLLM := $(VENV_VLLM)/bin/python
 SERVE_VENV := $(if $(filter vllm,$(BACKEND)),$(VENV_VLLM),$(VENV))
 
-.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-main results-mora results-eta screenshots clean
+.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-main results-mora results-eta results-harmless screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -100,6 +100,16 @@ results-eta: install
 	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --vectors harmless --values=$(ETA_VALUES) --suites advbench,xstest_safe --out $(RESULTS_OUT)/eta-harmless
 	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --vectors helpful --values=$(ETA_VALUES) --suites xstest_safe,advbench --out $(RESULTS_OUT)/eta-helpful
 	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --vectors truthful --values=$(ETA_VALUES) --suites truthfulqa_mc1 --out $(RESULTS_OUT)/eta-truthful
+
+# issue 11: the retrained harmless vector on the held-out suites, and its η demo (README section)
+HARMLESS_OUT ?= $(RESULTS_OUT)/harmless-heldout
+HARMLESS_ARGS ?= --max-new-tokens 32 --dtype bfloat16 --max-length 384 --vectors-dir vectors
+results-harmless: install
+	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 40 --points "harmless=1" --suites harmbench --out $(HARMLESS_OUT)/harmbench-40
+	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 40 --points "base" --suites harmbench --out $(RESULTS_OUT)/heldout-base
+	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "harmless=1" --suites xstest_safe,jbb_benign --out $(HARMLESS_OUT)/over-refusal
+	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "base" --suites jbb_benign --out $(HARMLESS_OUT)/base-jbb-benign
+	$(VENV)/bin/python bench/refusal_demo.py --etas 0,1,1.5,2 --max-new-tokens 48 --out $(RESULTS_OUT)/refusal-demo.json --markdown $(RESULTS_OUT)/refusal-demo.md
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) .pytest_cache .mypy_cache .ruff_cache
