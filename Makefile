@@ -109,6 +109,8 @@ results-harmless: install
 	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 40 --points "base" --suites harmbench --out $(RESULTS_OUT)/heldout-base
 	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "harmless=1" --suites xstest_safe,jbb_benign --out $(HARMLESS_OUT)/over-refusal
 	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "base" --suites jbb_benign --out $(HARMLESS_OUT)/base-jbb-benign
+	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "harmless=1" --suites jbb_harmful,do_not_answer --out $(HARMLESS_OUT)/refusal-100
+	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "base" --suites jbb_harmful,do_not_answer --out $(HARMLESS_OUT)/base-refusal-100
 	$(VENV)/bin/python bench/refusal_demo.py --etas 0,1,1.5,2 --max-new-tokens 48 --out $(RESULTS_OUT)/refusal-demo.json --markdown $(RESULTS_OUT)/refusal-demo.md
 
 clean:
