@@ -107,6 +107,7 @@ HARMLESS_ARGS ?= --max-new-tokens 32 --dtype bfloat16 --max-length 384 --vectors
 results-harmless: install
 	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 40 --points "harmless=1" --suites harmbench --out $(HARMLESS_OUT)/harmbench-40
 	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 40 --points "base" --suites harmbench --out $(RESULTS_OUT)/heldout-base
+	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 40 --points "harmless=-1;harmless=2" --suites harmbench --out $(HARMLESS_OUT)/harmbench-40-eta
 	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "harmless=1" --suites xstest_safe,jbb_benign --out $(HARMLESS_OUT)/over-refusal
 	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "base" --suites jbb_benign --out $(HARMLESS_OUT)/base-jbb-benign
 	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "harmless=1" --suites jbb_harmful,do_not_answer --out $(HARMLESS_OUT)/refusal-100
