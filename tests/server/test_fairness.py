@@ -67,6 +67,21 @@ def test_refused_compare_queues_nothing(srv_base_dir: Path, vector_files, tmp_pa
         server.stop()
 
 
+def _compare_with_scorer(base_dir: Path, files: Any, tmp: Path, scorer: str) -> httpx.Response:
+    """A compare naming ``scorer``; asserts that nothing was generated for it."""
+    make_store(tmp / "store", base_dir, files)
+    server = LiveServer(server_settings(tmp, base_dir)).start()
+    try:
+        before = server.state.backend.counters.prefill_chunks
+        body = {"prompts": ["a"], "candidates": [{"preferences": {"concise": 1}}, {}],
+                "max_tokens": 4, "scorers": [scorer]}  # fmt: skip
+        r = httpx.post(server.url + "/v1/compare", json=body, timeout=30)
+        assert server.state.backend.counters.prefill_chunks == before
+        return r
+    finally:
+        server.stop()
+
+
 def test_unusable_scorer_fails_before_any_generation(
     srv_base_dir: Path, vector_files, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
@@ -78,18 +93,8 @@ def test_unusable_scorer_fails_before_any_generation(
         raise ServiceUnavailableError("the judge is down")
 
     monkeypatch.setitem(registry._REGISTRY, "_down", broken)
-    make_store(tmp_path / "store", srv_base_dir, vector_files)
-    server = LiveServer(server_settings(tmp_path, srv_base_dir)).start()
-    try:
-        backend = server.state.backend
-        before = backend.counters.prefill_chunks
-        body = {"prompts": ["a"], "candidates": [{"preferences": {"concise": 1}}, {}],
-                "max_tokens": 4, "scorers": ["_down"]}  # fmt: skip
-        r = httpx.post(server.url + "/v1/compare", json=body, timeout=30)
-        assert r.status_code == 503 and "judge is down" in r.text
-        assert backend.counters.prefill_chunks == before
-    finally:
-        server.stop()
+    r = _compare_with_scorer(srv_base_dir, vector_files, tmp_path, "_down")
+    assert r.status_code == 503 and "judge is down" in r.text
 
 
 def test_unreachable_judge_fails_before_any_generation(
@@ -97,15 +102,5 @@ def test_unreachable_judge_fails_before_any_generation(
 ) -> None:  # type: ignore[no-untyped-def]
     """The LLM judge is listed as usable; with its API down the compare is a 503 at once."""
     monkeypatch.setenv("PREFVEC_JUDGE_URL", "http://127.0.0.1:9/v1")  # nothing listens there
-    make_store(tmp_path / "store", srv_base_dir, vector_files)
-    server = LiveServer(server_settings(tmp_path, srv_base_dir)).start()
-    try:
-        backend = server.state.backend
-        before = backend.counters.prefill_chunks
-        body = {"prompts": ["a"], "candidates": [{"preferences": {"concise": 1}}, {}],
-                "max_tokens": 4, "scorers": ["llm_judge_helpful"]}  # fmt: skip
-        r = httpx.post(server.url + "/v1/compare", json=body, timeout=30)
-        assert r.status_code == 503 and "judge unreachable" in r.text
-        assert backend.counters.prefill_chunks == before
-    finally:
-        server.stop()
+    r = _compare_with_scorer(srv_base_dir, vector_files, tmp_path, "llm_judge_helpful")
+    assert r.status_code == 503 and "judge unreachable" in r.text

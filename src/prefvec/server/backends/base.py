@@ -56,6 +56,17 @@ class Capabilities:
     max_top_logprobs: int = 20
 
 
+def eos_token_ids(*sources: Any) -> set[int]:
+    """End-of-sequence ids from tokenizer / generation-config values (an int, a list, or None)."""
+    ids: set[int] = set()
+    for src in sources:
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(i) for i in src)
+    return ids
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """Log-probability of one token, with the top alternatives at its position."""

@@ -53,6 +53,7 @@ from prefvec.server.backends.base import (
     TextEvent,
     TokenLogprob,
     VectorSource,
+    eos_token_ids,
 )
 from prefvec.server.generation import TextStream, adjust_logits, sample_token
 
@@ -219,13 +220,7 @@ class TransformersBackend(Backend):
         self.ready = True
 
     def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for src in (self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id):
-            if isinstance(src, int):
-                ids.add(src)
-            elif isinstance(src, (list, tuple)):
-                ids.update(int(i) for i in src)
-        return ids
+        return eos_token_ids(self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id)
 
     def start(self, vectors: VectorSource) -> None:
         self._vectors = vectors

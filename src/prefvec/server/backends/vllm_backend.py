@@ -57,6 +57,7 @@ from prefvec.server.backends.base import (
     TextEvent,
     TokenLogprob,
     VectorSource,
+    eos_token_ids,
 )
 from prefvec.server.generation import TextStream
 
@@ -264,14 +265,8 @@ class VLLMBackend(Backend):
         return AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_factory(self.vllm_stats)])
 
     def _eos_ids(self, config: Any) -> set[int]:
-        ids: set[int] = set()
         gen = _read_json(self.model_dir, "generation_config.json")  # type: ignore[arg-type]
-        for src in (self.tokenizer.eos_token_id, gen.get("eos_token_id")):
-            if isinstance(src, int):
-                ids.add(src)
-            elif isinstance(src, (list, tuple)):
-                ids.update(int(i) for i in src)
-        return ids
+        return eos_token_ids(self.tokenizer.eos_token_id, gen.get("eos_token_id"))
 
     def start(self, vectors: VectorSource) -> None:
         self._vectors = vectors
