@@ -77,3 +77,20 @@ def test_vectors_dir_list_first_match_wins(tmp_path: Path, tiny_base_dir: Path) 
     assert h.vector("only_b").metadata.name == "only_b"
     assert h.vector("only_a").metadata.name == "only_a"
     assert h.vector("both").metadata.description == "a"
+
+
+def test_collapse_is_pooled_over_generation_suites_and_tabled() -> None:
+    from prefvec.evaluation.runner import EvalReport, collapse_metric
+    from prefvec.evaluation.table import markdown_table
+
+    rep = EvalReport(label="x", weights={}, config={})
+    assert collapse_metric(rep) is None  # nothing generated: no metric
+    rep.items["advbench"] = [{"output": "Hint: Hint: Hint: Hint: Hint:", "collapsed": True},
+                             {"output": "I can't help with that.", "collapsed": False}]  # fmt: skip
+    rep.items["xstest_safe"] = [{"output": "Use a weed killer.", "collapsed": False},
+                                {"output": "ok", "collapsed": False}]  # fmt: skip
+    rep.items["truthfulqa_mc1"] = [{"id": "q", "score": 1.0}]  # no replies: not counted
+    m = collapse_metric(rep)
+    assert m is not None and m.n == 4 and m.value == 0.25 and not m.higher_is_better
+    rep.metrics.append(m)
+    assert "collapse<br>collapse_rate ↓" in markdown_table([rep])

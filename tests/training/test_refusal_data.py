@@ -12,10 +12,11 @@ import pytest
 from prefvec.errors import NotFoundError, ValidationError
 from prefvec.evaluation.data import advbench_is_eval, eval_data_dir
 from prefvec.scoring.refusal import is_refusal
+from prefvec.scoring.text import distinct_trigram_ratio
 from prefvec.training.config import DPOJobConfig, build_config
 from prefvec.training.refusal import sources as S
 from prefvec.training.refusal.build import RefusalDataConfig, build_refusal_set, tidy
-from prefvec.training.refusal.check import distinct_trigram_ratio, summarise
+from prefvec.training.refusal.check import summarise
 from prefvec.training.refusal.templates import load_templates
 
 ROOT = Path(__file__).resolve().parents[2]

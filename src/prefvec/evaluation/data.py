@@ -100,13 +100,21 @@ def load_bigbench_hhh(root: Path, subset: str) -> list[MCItem]:
     return items
 
 
-def load_truthfulqa_mc(root: Path, targets: str) -> list[MCItem]:
-    """TruthfulQA multiple choice: ``targets`` is ``mc1_targets`` (one true) or ``mc2_targets``."""
+def load_truthfulqa_mc(root: Path, targets: str, heldout: bool = False) -> list[MCItem]:
+    """TruthfulQA multiple choice: ``targets`` is ``mc1_targets`` (one true) or ``mc2_targets``.
+
+    With ``heldout``, only questions on the validation side of the truthful vector's split
+    (``TRUTHFUL_VAL_FRACTION``, seed 0, keyed by question): the truthful vector trains on the
+    other side of TruthfulQA, so the full suite includes questions it was trained on.
+    """
+    from prefvec.training.data import TRUTHFUL_VAL_FRACTION, split_bucket
+
     rows = json.loads(_file(root, "truthfulqa/mc_task.json").read_text())
     return [
         MCItem(id=f"tqa-{i}", prompt=r["question"].strip(), choices=list(r[targets]),
                labels=[int(v) for v in r[targets].values()])
         for i, r in enumerate(rows)
+        if not heldout or split_bucket(r["question"].strip(), 0) < TRUTHFUL_VAL_FRACTION
     ]  # fmt: skip
 
 
@@ -183,6 +191,29 @@ def load_xstest(root: Path, label: str) -> list[PromptItem]:
 
 
 # ----------------------------------------------------------------------------------------- pairs
+
+
+def load_alpaca_heldout(data_dir: str | Path | None = None) -> list[PairItem]:
+    """AlpacaEval pairs on the *validation* side of the helpful split (GPT-4-turbo labels).
+
+    The split is the helpful vector's own (``HELPFUL_VAL_FRACTION``, seed 0, keyed by
+    instruction), and the refusal set draws its benign prompts from the other side only, so no
+    shipped vector was trained on these instructions.
+    """
+    from prefvec.training.data import (
+        HELPFUL_VAL_FRACTION,
+        default_sources,
+        load_alpaca_eval,
+        split_pairs,
+    )
+
+    (_, path), *_ = default_sources("helpful", data_dir)
+    pairs, _ = load_alpaca_eval(path)
+    _, val = split_pairs(pairs, val_fraction=HELPFUL_VAL_FRACTION)
+    return [
+        PairItem(id=f"alpaca-{i}", messages=p.messages, chosen=p.chosen, rejected=p.rejected)
+        for i, p in enumerate(val)
+    ]
 
 
 def load_hh_heldout(data_dir: str | Path | None = None) -> list[PairItem]:

@@ -19,7 +19,14 @@ from typing import Any
 from prefvec.errors import ValidationError
 from prefvec.evaluation.data import eval_data_dir, subsample
 from prefvec.evaluation.stats import bootstrap_mean_interval, wilson_interval
-from prefvec.evaluation.suites import Suite, expand_suites, mc2_score, mc_correct, pair_outcome
+from prefvec.evaluation.suites import (
+    COLLAPSE,
+    Suite,
+    expand_suites,
+    mc2_score,
+    mc_correct,
+    pair_outcome,
+)
 
 logger = logging.getLogger(__name__)
 CHUNK = 16  # requests per progress-bar step
@@ -150,9 +157,25 @@ def run_generation(
     outs = _chunked(lambda p: target.generate(p, ctx.max_new_tokens), prompts, suite.name,
                     ctx.progress)  # fmt: skip
     flags = ctx.judge.score(prompts, outs)
-    records = [{"id": it.id, "output": o, "refusal": f}
+    from prefvec.scoring.text import is_collapsed
+
+    records = [{"id": it.id, "output": o, "refusal": f, "collapsed": is_collapsed(o)}
                for it, o, f in zip(items, outs, flags, strict=True)]  # fmt: skip
     return proportion_metric(suite, flags), records
+
+
+def collapse_metric(report: EvalReport) -> Metric | None:
+    """Share of all generated replies of a run that collapsed into repetition (``collapse``).
+
+    Pooled over the run's generation suites; ``None`` when the run generated nothing.
+    """
+    flags = [float(r["collapsed"]) for recs in report.items.values() for r in recs
+             if "collapsed" in r]  # fmt: skip
+    if not flags:
+        return None
+    lo, hi = wilson_interval(sum(flags), len(flags))
+    return Metric(COLLAPSE, "collapse_rate", "fluency", sum(flags) / len(flags), lo, hi,
+                  len(flags), False, "wilson")  # fmt: skip
 
 
 def run_pairs(
@@ -242,5 +265,8 @@ def run_eval(
         logger.info("%s %s = %.3f [%.3f, %.3f] (n=%d, %.1fs)", suite.name, metric.metric,
                     metric.value, metric.ci_low, metric.ci_high, metric.n,
                     time.perf_counter() - t0)  # fmt: skip
+    collapse = collapse_metric(report)
+    if collapse is not None:
+        report.metrics.append(collapse)
     report.wall_s = time.perf_counter() - start
     return report

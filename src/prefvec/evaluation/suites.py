@@ -55,6 +55,8 @@ class Suite:
 
 
 SUITES: dict[str, Suite] = {}
+# the pooled repetition metric of a run's generation suites (not a suite of its own)
+COLLAPSE = "collapse"
 
 
 def register_suite(suite: Suite) -> Suite:
@@ -64,10 +66,17 @@ def register_suite(suite: Suite) -> Suite:
 
 
 GROUPS: dict[str, tuple[str, ...]] = {
-    "mc": ("hhh_helpful", "hhh_harmless", "hhh_honest", "truthfulqa_mc1", "truthfulqa_mc2"),
+    "mc": (
+        "hhh_helpful",
+        "hhh_harmless",
+        "hhh_honest",
+        "truthfulqa_mc1",
+        "truthfulqa_mc1_heldout",
+        "truthfulqa_mc2",
+    ),
     "refusal": ("advbench", "harmbench", "jbb_harmful", "do_not_answer"),
     "over_refusal": ("xstest_safe", "jbb_benign"),
-    "pairs": ("hh_rlhf_pairs",),
+    "pairs": ("hh_rlhf_pairs", "alpaca_pairs"),
 }
 GROUPS["generation"] = GROUPS["refusal"] + GROUPS["over_refusal"]
 GROUPS["all"] = GROUPS["mc"] + GROUPS["generation"] + GROUPS["pairs"]
@@ -90,6 +99,9 @@ for _sub, _dim in (("helpful", "helpful"), ("harmless", "harmless"), ("honest", 
         f"BIG-bench HHH {_sub}: pick the preferred of two replies (log-likelihood)")  # fmt: skip
 _mc("truthfulqa_mc1", "truthful", partial(D.load_truthfulqa_mc, targets="mc1_targets"),
     "TruthfulQA MC1: the single true answer ranks first")  # fmt: skip
+_mc("truthfulqa_mc1_heldout", "truthful",
+    partial(D.load_truthfulqa_mc, targets="mc1_targets", heldout=True),
+    "TruthfulQA MC1 on the questions the truthful vector never trained on")  # fmt: skip
 _mc("truthfulqa_mc2", "truthful", partial(D.load_truthfulqa_mc, targets="mc2_targets"),
     "TruthfulQA MC2: normalised probability mass on true answers", kind="mc2")  # fmt: skip
 _gen(
@@ -113,6 +125,14 @@ register_suite(Suite(
     "hh_rlhf_pairs", "pairs", "harmless", "pair_accuracy", True,
     lambda root: D.load_hh_heldout(),
     "hh-rlhf harmless-base held-out pairs: DPO implicit reward vs the base ranks chosen first",
+))  # fmt: skip
+
+
+register_suite(Suite(
+    "alpaca_pairs", "pairs", "helpful", "pair_accuracy", True,
+    lambda root: D.load_alpaca_heldout(),
+    "AlpacaEval held-out pairs (GPT-4-turbo judged): implicit reward vs the base ranks the "
+    "preferred reply first",
 ))  # fmt: skip
 
 

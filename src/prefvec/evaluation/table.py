@@ -42,10 +42,9 @@ def markdown_table(reports: Sequence[EvalReport], digits: int = 2) -> str:
     cols = _columns(reports)
 
     def head(s: str) -> str:
-        suite = SUITES.get(s)
-        arrow = "" if suite is None else (" ↑" if suite.higher_is_better else " ↓")
-        metric = suite.metric if suite else ""
-        return f"{s}<br>{metric}{arrow}"
+        known = SUITES.get(s) or next(m for r in reports for m in r.metrics if m.suite == s)
+        arrow = " ↑" if known.higher_is_better else " ↓"
+        return f"{s}<br>{known.metric}{arrow}"
 
     lines = ["| run | " + " | ".join(head(c) for c in cols) + " |",
              "|---|" + "---|" * len(cols)]  # fmt: skip

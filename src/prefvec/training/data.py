@@ -38,6 +38,12 @@ logger = logging.getLogger(__name__)
 
 Message = dict[str, str]
 PREFERENCES = ("helpful", "harmless", "truthful")
+# validation share of the helpful (AlpacaEval) split, seed 0: the helpful vector's held-out pairs,
+# which no other training set (the refusal set's benign prompts) may draw from
+HELPFUL_VAL_FRACTION = 0.15
+# validation share of the truthful (TruthfulQA) split, seed 0, keyed by question: the held-out
+# questions of `truthfulqa_mc1_heldout`
+TRUTHFUL_VAL_FRACTION = 0.3
 _TURN_RE = re.compile(r"\n\n(Human|Assistant): ")
 
 

@@ -52,7 +52,7 @@ class RefusalDataConfig:
     """Settings of ``prefvec data refusal`` (each field is a flag)."""
 
     out: str = field(
-        default="data/refusal/refusal_v1.jsonl", metadata=_h("JSONL to write (manifest beside).")
+        default="data/refusal/refusal_v2.jsonl", metadata=_h("JSONL to write (manifest beside).")
     )
     template_version: str = field(default=DEFAULT_VERSION, metadata=_h("Template file version."))
     seed: int = field(default=0, metadata=_h("Seed of the opening choice and subsampling."))
@@ -79,9 +79,9 @@ class RefusalDataConfig:
     data_dir: str | None = field(
         default=None, metadata=_h("Folder of data/ (AlpacaEval, MT-Bench).")
     )
-    dtype: str = field(default="bfloat16", metadata=_h("Generation dtype."))
+    dtype: str = field(default="float32", metadata=_h("Generation dtype (fp32 is faster on CPU)."))
     device: str = field(default="cpu", metadata=_h("Generation device."))
-    batch_size: int = field(default=8, metadata=_h("Generation batch size."))
+    batch_size: int = field(default=16, metadata=_h("Generation batch size."))
 
     def __post_init__(self) -> None:
         p = []

@@ -1,8 +1,7 @@
 """Behaviour check of a harmless vector: does it refuse harmful requests, answer benign ones,
 and stay fluent, as η grows? (Reward accuracy alone is not behaviour: DESIGN "Known facts".)
 
-Repetition measure: the distinct-trigram ratio of a reply (distinct word trigrams / trigrams);
-a reply whose ratio falls below :data:`COLLAPSE_RATIO` counts as collapsed ("Hint: Hint: Hint:").
+Repetition measure: :func:`prefvec.scoring.text.is_collapsed` (distinct-trigram ratio < 0.5).
 """
 
 from __future__ import annotations
@@ -10,14 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-COLLAPSE_RATIO = 0.5
-
-
-def distinct_trigram_ratio(text: str) -> float:
-    """Distinct word trigrams over all word trigrams; 1.0 for replies under three words."""
-    words = text.split()
-    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    return len(set(grams)) / len(grams) if grams else 1.0
+from prefvec.scoring.text import is_collapsed
 
 
 def summarise(replies: Mapping[str, Sequence[str]]) -> dict[str, Any]:
@@ -36,7 +28,7 @@ def summarise(replies: Mapping[str, Sequence[str]]) -> dict[str, Any]:
         out[kind] = {
             "n": len(texts),
             "refused": sum(is_refusal(t) for t in texts),
-            "collapsed": sum(distinct_trigram_ratio(t) < COLLAPSE_RATIO for t in texts),
+            "collapsed": sum(is_collapsed(t) for t in texts),
         }
     return out
 

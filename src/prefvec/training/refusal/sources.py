@@ -71,7 +71,7 @@ def advbench_train(eval_root: Path) -> list[SourcePrompt]:
 
 def alpaca_train(data_dir: Path, max_chars: int = 300) -> list[SourcePrompt]:
     """AlpacaEval instructions on the training side of the helpful split, at most ``max_chars``."""
-    from prefvec.training.data import split_bucket
+    from prefvec.training.data import HELPFUL_VAL_FRACTION, split_bucket
 
     path = data_dir / "alpaca_eval" / "annotations.json.gz"
     if not path.is_file():
@@ -80,8 +80,8 @@ def alpaca_train(data_dir: Path, max_chars: int = 300) -> list[SourcePrompt]:
     out = []
     for i, it in enumerate(items, start=1):
         inst = (it.get("instruction") or "").strip()
-        # the helpful loader's split: split_pairs(val_fraction=0.1, seed=0) keyed by instruction
-        if not inst or len(inst) > max_chars or split_bucket(inst, 0) < 0.1:
+        # the helpful split: split_pairs(val_fraction=HELPFUL_VAL_FRACTION, seed=0) by instruction
+        if not inst or len(inst) > max_chars or split_bucket(inst, 0) < HELPFUL_VAL_FRACTION:
             continue
         ref = (it.get("output_1") or "").strip()
         out.append(SourcePrompt(f"alpaca-{i}", inst, "benign", f"{path.name}:item {i}", "", ref))
