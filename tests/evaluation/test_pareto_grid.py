@@ -80,3 +80,28 @@ def test_plot_pareto(tmp_path: Path) -> None:
     assert main(["eval", "plot", str(grid), "--x", "advbench", "--y", "xstest_safe",
                  "--out", str(out)]) == 0  # fmt: skip
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_curve_orders_by_weight_and_refuses_missing_suites(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import json
+
+    from prefvec.cli import main
+    from prefvec.evaluation.grid import plot_curve
+    from prefvec.evaluation.runner import EvalReport, Metric
+
+    def rep(eta: float, v: float) -> EvalReport:
+        m = Metric("harmbench", "refusal_rate", "harmless", v, v - 0.1, v + 0.1, 10, True, "wilson")
+        return EvalReport(f"harmless={eta}", {"harmless": eta} if eta else {}, {}, metrics=[m])
+
+    reports = [rep(1.0, 0.6), rep(0.0, 0.0), rep(-1.0, 0.0)]
+    png = plot_curve(reports, "harmless", ["harmbench"], tmp_path / "c.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValidationError, match="xstest_safe"):
+        plot_curve(reports, "harmless", ["harmbench", "xstest_safe"], tmp_path / "x.png")
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps([r.to_dict() for r in reports]))
+    out = tmp_path / "cli.png"
+    assert main(["eval", "curve", str(grid), "--vector", "harmless", "--suites", "harmbench",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert out.read_bytes()[:4] == b"\x89PNG"

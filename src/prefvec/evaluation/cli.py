@@ -143,6 +143,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curve(args: argparse.Namespace) -> int:
+    from prefvec.evaluation.grid import plot_curve
+    from prefvec.evaluation.table import load_reports
+
+    png = plot_curve(load_reports(args.files), args.vector, args.suites.split(","), args.out)
+    print(f"wrote {png}")
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from prefvec.evaluation.table import (
         load_reports,
@@ -250,6 +259,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--y", required=True, help="suite on the y axis")
     p.add_argument("--out", required=True, help="PNG path")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("curve", help="control curve (metric vs one vector's weight) of grid JSONs")
+    p.add_argument("files", nargs="+", help="eval.json / grid.json files")
+    p.add_argument("--vector", required=True, help="the vector whose weight is the x axis")
+    p.add_argument("--suites", required=True, help="suites (or collapse), comma-separated")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("table", help="Markdown results table from eval JSON files")
     p.add_argument("files", nargs="+", help="eval.json / grid.json files")

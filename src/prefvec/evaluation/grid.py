@@ -104,6 +104,50 @@ def write_grid_json(reports: Sequence[EvalReport], path: str | Path) -> Path:
     return Path(path)
 
 
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "plots need matplotlib: pip install 'prefvec[plot]'", field="plot"
+        ) from exc
+    return plt
+
+
+def plot_curve(
+    reports: Sequence[EvalReport], vector: str, suites: Sequence[str], path: str | Path
+) -> Path:
+    """Control curve: each suite's metric (95% interval as a band) against ``vector``'s weight.
+
+    Reports without a weight for ``vector`` count as weight 0 (the base); one line per suite.
+    """
+    plt = _pyplot()
+    pts = sorted(((float(r.weights.get(vector, 0.0)), r) for r in reports), key=lambda t: t[0])
+    missing = [s for s in suites if not all(s in {m.suite for m in r.metrics} for _, r in pts)]
+    if not pts or missing:
+        raise ValidationError(
+            f"`suites` {missing} are not in every report (or there are no reports)", field="suites"
+        )
+    fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=120)
+    xs = [w for w, _ in pts]
+    for s in suites:
+        ms = [r.metric(s) for _, r in pts]
+        ax.plot(xs, [m.value for m in ms], "-o", ms=4, label=f"{s} {ms[0].metric}")
+        ax.fill_between(xs, [m.ci_low for m in ms], [m.ci_high for m in ms], alpha=0.15)
+    ax.set_xlabel(f"weight η of {vector!r}")
+    ax.set_ylabel("rate (95% interval)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_pareto(
     reports: Sequence[EvalReport], x: str, y: str, path: str | Path
 ) -> tuple[Path, list[int]]:
@@ -112,15 +156,7 @@ def plot_pareto(
     Returns:
         The PNG path and the indices of the front. Needs the ``plot`` extra (matplotlib).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "the Pareto plot needs matplotlib: pip install 'prefvec[plot]'", field="plot"
-        ) from exc
+    plt = _pyplot()
     mx, my = [r.metric(x) for r in reports], [r.metric(y) for r in reports]
     pts = [(a.value, b.value) for a, b in zip(mx, my, strict=True)]
     front = pareto_front(pts, (mx[0].higher_is_better, my[0].higher_is_better))
