@@ -94,3 +94,36 @@ def test_collapse_is_pooled_over_generation_suites_and_tabled() -> None:
     assert m is not None and m.n == 4 and m.value == 0.25 and not m.higher_is_better
     rep.metrics.append(m)
     assert "collapse<br>collapse_rate ↓" in markdown_table([rep])
+
+
+def test_runs_of_one_setting_in_several_files_merge_into_one_row() -> None:
+    import pytest
+
+    from prefvec.errors import ValidationError
+    from prefvec.evaluation.runner import EvalReport, Metric
+    from prefvec.evaluation.table import merge_by_weights, select_rows
+
+    def m(suite: str, v: float) -> Metric:
+        return Metric(suite, "refusal_rate", "harmless", v, v, v, 2, True, "wilson")
+
+    sweep = [
+        EvalReport("harmless=0", {"harmless": 0.0}, {}, [m("harmbench", 0.0)],
+                   {"harmbench": [{"output": "a b c a b c a b c", "collapsed": True}]}),
+        EvalReport("harmless=1", {"harmless": 1.0}, {}, [m("harmbench", 0.6)],
+                   {"harmbench": [{"output": "no", "collapsed": False}]}),
+    ]  # fmt: skip
+    grid = [
+        EvalReport("helpful=0,harmless=1", {"helpful": 0.0, "harmless": 1.0}, {},
+                   [m("harmbench", 0.9), m("jbb_benign", 0.2)],
+                   {"jbb_benign": [{"output": "fine", "collapsed": False}]}),
+        EvalReport("base", {}, {}, [m("jbb_benign", 0.0)], {}),
+    ]  # fmt: skip
+    rows = merge_by_weights(sweep + grid)
+    assert [r.label for r in rows] == ["base", "harmless=1"]
+    one = rows[1]
+    assert one.metric("harmbench").value == 0.6  # the first measurement is kept
+    assert one.metric("jbb_benign").value == 0.2
+    assert one.metric("collapse").n == 2  # pooled again over both files' replies
+    assert [r.label for r in select_rows(rows, ["harmless=1", "base"])] == ["harmless=1", "base"]
+    with pytest.raises(ValidationError, match="truthful=1"):
+        select_rows(rows, ["truthful=1"])

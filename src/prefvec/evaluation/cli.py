@@ -156,11 +156,17 @@ def cmd_table(args: argparse.Namespace) -> int:
     from prefvec.evaluation.table import (
         load_reports,
         markdown_table,
+        merge_by_weights,
+        select_rows,
         update_readme,
         wall_line,
     )
 
     reports = load_reports(args.files)
+    if args.merge or args.rows:
+        reports = merge_by_weights(reports)
+    if args.rows:
+        reports = select_rows(reports, args.rows.split(";"))
     table = markdown_table(reports, digits=args.digits) + wall_line(reports)
     if args.out:
         Path(args.out).write_text(table)
@@ -272,6 +278,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the table here too")
     p.add_argument("--readme", default=None, help="replace the marked table in this README")
     p.add_argument("--digits", type=int, default=2)
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="one row per weight setting across the files (suites measured in several runs)",
+    )
+    p.add_argument(
+        "--rows",
+        default=None,
+        help='these weight settings only, in this order (implies --merge): "base;harmless=1"',
+    )
     p.add_argument(
         "--marker",
         default=None,

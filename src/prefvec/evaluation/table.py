@@ -27,6 +27,58 @@ def load_reports(paths: Sequence[str | Path]) -> list[EvalReport]:
     return out
 
 
+def weights_key(weights: dict[str, float]) -> str:
+    """A run's weights as a row key: non-zero weights sorted by name, or ``base``."""
+    parts = [f"{k}={v:g}" for k, v in sorted(weights.items()) if v != 0]
+    return ",".join(parts) or "base"
+
+
+def merge_by_weights(reports: Sequence[EvalReport]) -> list[EvalReport]:
+    """One report per distinct weight setting (zero weights dropped), in first-seen order.
+
+    Runs of one setting in several files (an η sweep, a 2-D grid, a run of the other suites)
+    become one row: a suite measured more than once keeps its first measurement (greedy
+    decoding: the same items give the same value), and the pooled ``collapse`` metric is
+    computed again over the merged replies.
+    """
+    from prefvec.evaluation.runner import collapse_metric
+    from prefvec.evaluation.suites import COLLAPSE
+
+    merged: dict[str, EvalReport] = {}
+    for r in reports:
+        key = weights_key(r.weights)
+        into = merged.get(key)
+        if into is None:
+            into = merged[key] = EvalReport(key, dict(r.weights), dict(r.config))
+            into.weights = {k: v for k, v in r.weights.items() if v != 0}
+        have = {m.suite for m in into.metrics}
+        for m in r.metrics:
+            if m.suite not in have and m.suite != COLLAPSE:
+                into.metrics.append(m)
+                into.items[m.suite] = r.items.get(m.suite, [])
+        into.wall_s += r.wall_s
+    for into in merged.values():
+        c = collapse_metric(into)
+        if c is not None:
+            into.metrics.append(c)
+    return list(merged.values())
+
+
+def select_rows(reports: Sequence[EvalReport], rows: Sequence[str]) -> list[EvalReport]:
+    """The reports whose weights key (see :func:`weights_key`) is in ``rows``, in that order."""
+    from prefvec.errors import ValidationError
+    from prefvec.weights import parse_weights
+
+    by_key = {weights_key(r.weights): r for r in reports}
+    want = [weights_key(parse_weights("" if w.strip() == "base" else w)) for w in rows]
+    missing = [w for w, k in zip(rows, want, strict=True) if k not in by_key]
+    if missing:
+        raise ValidationError(
+            f"`rows` {missing} are not among the runs {sorted(by_key)}", field="rows"
+        )
+    return [by_key[k] for k in want]
+
+
 def _columns(reports: Sequence[EvalReport]) -> list[str]:
     present = {m.suite for r in reports for m in r.metrics}
     order = [s for s in GROUPS["all"] if s in present]
