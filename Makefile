@@ -13,7 +13,7 @@ VENV_VLLM ?= .venv-vllm
 PY_VLLM := $(VENV_VLLM)/bin/python
 SERVE_VENV := $(if $(filter vllm,$(BACKEND)),$(VENV_VLLM),$(VENV))
 
-.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-main results-mora results-eta results-harmless screenshots clean
+.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-eta results-grid results-rest results-demo results-tables screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,49 +70,50 @@ quality: install
 screenshots: install
 	$(PY) bench/screenshots.py --out docs/screenshots
 
-# The README results table (issue #5): every row evaluated in process on the bundled model, then
-# written into README.md between its markers. Vectors: vectors/ (demo) and results/vectors/
-# (positive-only, RACO and baselines, MORA; each made by the command in results/vectors/README.md).
+# The README results (issue 11): the shipped vectors (vectors/) on held-out suites, in process on the
+# bundled model (fp32: faster than bf16 on this CPU), greedy, 32 new tokens; every generation suite
+# on GEN_LIMIT items (all items where a suite is smaller), the multiple-choice and pair suites on
+# every item. Each target writes results/eval/<name>/grid.json; `results-tables` turns them into
+# the README tables and plots without evaluating anything.
 RESULTS_OUT ?= results/eval
-RESULTS_LIMIT ?= 32
-RESULTS_ARGS ?= --limit $(RESULTS_LIMIT) --max-new-tokens 32 --dtype bfloat16 --max-length 384 --vectors-dir vectors,results/vectors
-RESULTS_SUITES ?= truthfulqa_mc1,hhh_harmless,advbench,xstest_safe,hh_rlhf_pairs
-RESULTS_POINTS ?= base;helpful=1;harmless=1;truthful=1;harmless=-1;helpful=1,harmless=1;helpful=1,harmless=1,truthful=1;harmless-posonly=1;truthful-posonly=1;weighted-sum-helpful-harmless=1;cagrad-helpful-harmless=1;raco-helpful-harmless=1
-MORA_POINTS ?= mora-harmless-sequential=1;mora-harmless-simultaneous=1
-ETA_VALUES ?= -1,0,1,2,4
-# the refusal rows again on more items (the MORA comparison at n = 32 is suggestive only)
-REFUSAL_LIMIT ?= 100
-REFUSAL_POINTS ?= base;harmless=1;harmless-posonly=1;mora-harmless-sequential=1;mora-harmless-simultaneous=1
+GEN_LIMIT ?= 100
+ETAS ?= -1,-0.5,0,0.5,1,1.5,2
+EVAL ?= $(VENV)/bin/prefvec eval
+EVAL_ARGS ?= --max-new-tokens 32 --dtype float32 --max-length 384 --vectors-dir vectors --no-progress
+MAIN_ROWS ?= base;helpful=1;harmless=1;truthful=1;helpful=1,harmless=1;harmless=-1
 
-results: results-main results-mora results-eta   # then both README tables
-	$(VENV)/bin/prefvec eval table $(RESULTS_OUT)/table/grid.json $(RESULTS_OUT)/mora/grid.json --readme README.md
-	$(VENV)/bin/prefvec eval table $(RESULTS_OUT)/refusal-100/grid.json --readme README.md --marker refusal
-	$(VENV)/bin/prefvec eval table $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/eta-helpful/grid.json $(RESULTS_OUT)/eta-truthful/grid.json --readme README.md --marker eta
-
-results-main: install
-	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --points "$(RESULTS_POINTS)" --suites $(RESULTS_SUITES) --out $(RESULTS_OUT)/table --x advbench --y xstest_safe
-
-results-mora: install
-	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --points "$(MORA_POINTS)" --suites $(RESULTS_SUITES) --out $(RESULTS_OUT)/mora
-	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --limit $(REFUSAL_LIMIT) --points "$(REFUSAL_POINTS)" --suites advbench,xstest_safe --out $(RESULTS_OUT)/refusal-100
+results: results-eta results-grid results-rest results-demo
+	$(MAKE) results-tables
 
 results-eta: install
-	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --vectors harmless --values=$(ETA_VALUES) --suites advbench,xstest_safe --out $(RESULTS_OUT)/eta-harmless
-	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --vectors helpful --values=$(ETA_VALUES) --suites xstest_safe,advbench --out $(RESULTS_OUT)/eta-helpful
-	$(VENV)/bin/prefvec eval grid $(RESULTS_ARGS) --vectors truthful --values=$(ETA_VALUES) --suites truthfulqa_mc1 --out $(RESULTS_OUT)/eta-truthful
+	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --vectors harmless --values=$(ETAS) --suites harmbench,xstest_safe --out $(RESULTS_OUT)/eta-harmless
+	$(EVAL) grid $(EVAL_ARGS) --vectors truthful --values=$(ETAS) --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/eta-truthful
+	$(EVAL) grid $(EVAL_ARGS) --vectors helpful --values=$(ETAS) --suites alpaca_pairs --out $(RESULTS_OUT)/eta-helpful
 
-# issue 11: the retrained harmless vector on the held-out suites, and its η demo (README section)
-HARMLESS_OUT ?= $(RESULTS_OUT)/harmless-heldout
-HARMLESS_ARGS ?= --max-new-tokens 32 --dtype bfloat16 --max-length 384 --vectors-dir vectors
-results-harmless: install
-	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 40 --points "harmless=1" --suites harmbench --out $(HARMLESS_OUT)/harmbench-40
-	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 40 --points "base" --suites harmbench --out $(RESULTS_OUT)/heldout-base
-	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 40 --points "harmless=-1;harmless=2" --suites harmbench --out $(HARMLESS_OUT)/harmbench-40-eta
-	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "harmless=1" --suites xstest_safe,jbb_benign --out $(HARMLESS_OUT)/over-refusal
-	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "base" --suites jbb_benign --out $(HARMLESS_OUT)/base-jbb-benign
-	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "harmless=1" --suites jbb_harmful,do_not_answer --out $(HARMLESS_OUT)/refusal-100
-	$(VENV)/bin/prefvec eval grid $(HARMLESS_ARGS) --limit 100 --points "base" --suites jbb_harmful,do_not_answer --out $(HARMLESS_OUT)/base-refusal-100
-	$(VENV)/bin/python bench/refusal_demo.py --etas 0,1,1.5,2 --max-new-tokens 48 --out $(RESULTS_OUT)/refusal-demo.json --markdown $(RESULTS_OUT)/refusal-demo.md
+results-grid: install
+	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --vectors helpful,harmless --values=0,0.5,1 --suites harmbench,xstest_safe,jbb_benign,alpaca_pairs --out $(RESULTS_OUT)/grid-helpful-harmless
+
+# the other held-out suites, for the main table's rows
+results-rest: install
+	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --points "$(MAIN_ROWS)" --suites jbb_harmful,jbb_benign,do_not_answer,advbench --out $(RESULTS_OUT)/rest-generation
+	$(EVAL) grid $(EVAL_ARGS) --points "$(MAIN_ROWS)" --suites truthfulqa_mc1,truthfulqa_mc2,hhh_helpful,hhh_harmless,hhh_honest --out $(RESULTS_OUT)/rest-mc
+
+# real replies at η = 0, 1, 1.5, 2 to 10 harmful and 10 benign-but-risky requests of our own
+results-demo: install
+	$(PY) bench/refusal_demo.py --etas 0,1,1.5,2 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/refusal-demo.json --markdown $(RESULTS_OUT)/refusal-demo.md
+
+results-tables: install
+	$(EVAL) table $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/eta-truthful/grid.json $(RESULTS_OUT)/eta-helpful/grid.json $(RESULTS_OUT)/grid-helpful-harmless/grid.json $(RESULTS_OUT)/rest-generation/grid.json $(RESULTS_OUT)/rest-mc/grid.json --rows "$(MAIN_ROWS)" --readme README.md --marker main
+	$(EVAL) table $(RESULTS_OUT)/eta-harmless/grid.json --merge --readme README.md --marker eta-harmless
+	$(EVAL) table $(RESULTS_OUT)/eta-truthful/grid.json --merge --readme README.md --marker eta-truthful
+	$(EVAL) table $(RESULTS_OUT)/eta-helpful/grid.json --merge --readme README.md --marker eta-helpful
+	$(EVAL) table $(RESULTS_OUT)/grid-helpful-harmless/grid.json --readme README.md --marker grid
+	$(EVAL) curve $(RESULTS_OUT)/eta-harmless/grid.json --vector harmless --suites harmbench,xstest_safe,collapse --out $(RESULTS_OUT)/curve-harmless.png
+	$(EVAL) curve $(RESULTS_OUT)/eta-truthful/grid.json --vector truthful --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/curve-truthful.png
+	$(EVAL) curve $(RESULTS_OUT)/eta-helpful/grid.json --vector helpful --suites alpaca_pairs --out $(RESULTS_OUT)/curve-helpful.png
+	$(EVAL) plot $(RESULTS_OUT)/grid-helpful-harmless/grid.json --x harmbench --y xstest_safe --out $(RESULTS_OUT)/pareto-refusal.png
+	$(EVAL) plot $(RESULTS_OUT)/grid-helpful-harmless/grid.json --x harmbench --y jbb_benign --out $(RESULTS_OUT)/pareto-refusal-jbb.png
+	$(EVAL) plot $(RESULTS_OUT)/grid-helpful-harmless/grid.json --x alpaca_pairs --y harmbench --out $(RESULTS_OUT)/pareto-helpful.png
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) .pytest_cache .mypy_cache .ruff_cache

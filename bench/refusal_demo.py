@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--etas", default="0,1,1.5,2", help="η values, comma-separated")
     p.add_argument("--extra", default="", help="fixed weights added at every η, e.g. helpful=1")
     p.add_argument("--base", default="bundled:smollm2-135m-instruct")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="float32")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--template-version", default="refusal_v2")
     p.add_argument("--quote", type=int, default=3, help="prompts of each kind quoted in Markdown")
