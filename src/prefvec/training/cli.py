@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from prefvec.training.config import (
@@ -66,6 +67,19 @@ def cmd_data_refusal(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    from prefvec.training.card import render_card
+
+    notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
+    text = render_card(args.vector, config_path=args.config, notes=notes, machine=args.machine)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def register_data(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``data refusal`` (the refusal-preference set) to a subparsers object."""
     from prefvec.training.refusal.build import RefusalDataConfig
@@ -101,6 +115,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=(cls.__doc__ or "").strip())
         add_config_arguments(p, cls)
         p.set_defaults(func=func)
+    p = sub.add_parser("card", help="write a vector's card from its own metadata (+ notes)")
+    p.add_argument("vector", help="the .safetensors file")
+    p.add_argument("--config", default=None, help="the YAML it was trained from (for the command)")
+    p.add_argument("--notes", default=None, help="Markdown appended (measurements with it)")
+    p.add_argument("--machine", default=None, help="machine description, if not recorded")
+    p.add_argument("--out", default=None, help="write here (default: stdout)")
+    p.set_defaults(func=cmd_card)
     return train
 
 

@@ -334,6 +334,7 @@ def run_dpo_job(cfg: DPOJobConfig) -> DPOJobResult:
     β·log π/π_ref of the chosen reply above the rejected one's, on the validation split).
     """
     from prefvec.models import resolve_model_dir
+    from prefvec.training.card import machine_info
     from prefvec.training.extract import build_vector, store_vector
 
     base_dir = resolve_model_dir(cfg.base)
@@ -353,6 +354,7 @@ def run_dpo_job(cfg: DPOJobConfig) -> DPOJobResult:
         **info,
         "config": cfg.to_dict(),
         "versions": library_versions(),
+        "machine": machine_info(),
         "curves": {"pos": pos.curves, **({"neg": neg.curves} if neg else {})},
         "eval": {"pos": pos.eval, **({"neg": neg.eval} if neg else {})},
         "wall_s": {"pos": pos.wall_s, **({"neg": neg.wall_s} if neg else {})},
