@@ -122,14 +122,18 @@ def test_cli_data_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_committed_set_matches_its_manifest() -> None:
     import hashlib
 
-    path = ROOT / "data" / "refusal" / "refusal_v1.jsonl"
-    if not path.is_file():
-        pytest.skip("data/refusal/refusal_v1.jsonl not built")
-    manifest = json.loads(path.with_name("refusal_v1.manifest.json").read_text())
+    path = ROOT / "data" / "refusal" / "refusal_v2.jsonl"
+    manifest = json.loads(path.with_name("refusal_v2.manifest.json").read_text())
     assert hashlib.sha256(path.read_bytes()).hexdigest() == manifest["sha256"]
+    tpl = load_templates(manifest["templates"]["version"])
+    assert tpl.sha256 == manifest["templates"]["sha256"]
     held = set(S.heldout_prompts(eval_data_dir()))
-    prompts = {json.loads(line)["prompt"] for line in path.read_text().splitlines()}
-    assert not prompts & held
+    demo = set(tpl.heldout_harmful + tpl.heldout_benign_risky)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    prompts = {r["prompt"] for r in rows}
+    assert not prompts & held and not prompts & demo
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"harmful", "benign", "benign_risky"}  # the counterweight is in the set
 
 
 def test_repetition_measure() -> None:
