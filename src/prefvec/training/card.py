@@ -77,9 +77,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fmt(v: Any) -> str:
+def _fmt(key: str, v: Any) -> str:
     if isinstance(v, list):
-        return "[" + ", ".join(str(x) for x in v) + "]" if v else "[] (all)"
+        empty = "[] (all)" if key == "lora_layers" else "[] (default)"
+        return "[" + ", ".join(str(x) for x in v) + "]" if v else empty
     return str(v)
 
 
@@ -146,14 +147,19 @@ def render_card(
         f"- data hash of all pairs as loaded: `{meta.get('data_hash', '?')}`",
         f"- split by sha256(seed, prompt): validation share {cfg.get('val_fraction')}, seed "
         f"{cfg.get('seed')} → {extra.get('n_train', '?')} training / {extra.get('n_val', '?')} "
-        "validation pairs (all pairs of one prompt on one side)",
+        "validation pairs (all pairs of one prompt on one side"
+        + (
+            f"; at most {cfg['max_val_pairs']} validation pairs, a seeded sample)"
+            if cfg.get("max_val_pairs")
+            else ")"
+        ),
         "",
         "## Settings",
         "",
         "| setting | value |",
         "|---|---|",
     ]
-    lines += [f"| {k} | {_fmt(cfg[k])} |" for k in _SETTINGS if k in cfg]
+    lines += [f"| {k} | {_fmt(k, cfg[k])} |" for k in _SETTINGS if k in cfg]
     n_val = int(extra.get("n_val") or 0)
     lines += [
         "",
