@@ -296,7 +296,11 @@ def _prompt_messages(prompt: Any) -> list[Message]:
 
 
 def load_jsonl_pairs(path: str | Path) -> tuple[list[PreferencePair], DataReport]:
-    """Any JSONL of ``{"prompt", "chosen", "rejected"}`` (prompt: string or chat messages)."""
+    """Any JSONL of ``{"prompt", "chosen", "rejected"}`` (prompt: string or chat messages).
+
+    An optional string ``group`` keeps rows together in the train/validation split (rephrasings
+    of one request); without it each prompt is its own group.
+    """
     path = Path(path)
     report, pairs = DataReport(str(path)), []
     for n, obj in _json_lines(path, report):
@@ -313,7 +317,8 @@ def load_jsonl_pairs(path: str | Path) -> tuple[list[PreferencePair], DataReport
         except ValueError as exc:
             report.add_bad(n, str(exc))
             continue
-        pairs.append(make_pair(msgs, chosen, rejected, source=f"{path.name}:{n}"))
+        group = obj.get("group") if isinstance(obj.get("group"), str) else ""
+        pairs.append(make_pair(msgs, chosen, rejected, group=group, source=f"{path.name}:{n}"))
     return _finish(pairs, report)
 
 

@@ -52,7 +52,7 @@ class RefusalDataConfig:
     """Settings of ``prefvec data refusal`` (each field is a flag)."""
 
     out: str = field(
-        default="data/refusal/refusal_v2.jsonl", metadata=_h("JSONL to write (manifest beside).")
+        default="data/refusal/refusal_v3.jsonl", metadata=_h("JSONL to write (manifest beside).")
     )
     template_version: str = field(default=DEFAULT_VERSION, metadata=_h("Template file version."))
     seed: int = field(default=0, metadata=_h("Seed of the opening choice and subsampling."))
@@ -82,6 +82,13 @@ class RefusalDataConfig:
     dtype: str = field(default="float32", metadata=_h("Generation dtype (fp32 is faster on CPU)."))
     device: str = field(default="cpu", metadata=_h("Generation device."))
     batch_size: int = field(default=16, metadata=_h("Generation batch size."))
+    reuse_replies: str | None = field(
+        default=None,
+        metadata=_h(
+            "A set built earlier with the same base and generation settings: take its "
+            "self-generated replies (by prompt) instead of generating them again."
+        ),
+    )
 
     def __post_init__(self) -> None:
         p = []
@@ -189,7 +196,10 @@ def build_rows(
             raise ValidationError("`responses` self needs a generator", field="responses")
         mine = [p for p in prompts if p.kind in cfg.self_kinds]
         replies = generate([p.text for p in mine]) if mine else []
-        own = {p.id: tidy(r) for p, r in zip(mine, replies, strict=True)}
+        # replies reused from an earlier set were tidied when it was built
+        own = {
+            p.id: r if cfg.reuse_replies else tidy(r) for p, r in zip(mine, replies, strict=True)
+        }
     gen_note = f"{cfg.base} greedy, {cfg.max_new_tokens} new tokens, {cfg.dtype}"
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -214,6 +224,9 @@ def build_rows(
 def _harmful_rows(
     p: S.SourcePrompt, tpl: RefusalTemplates, cfg: RefusalDataConfig, reply: str, note: str
 ) -> list[dict[str, Any]]:
+    """Pairs of one harmful request: slot 0 as written, later slots asked as a question (when
+    the templates have question forms); all in the request's split group, so a rephrasing never
+    lands on the other side of the train/validation split."""
     rejected = reply or p.target
     how = f"self-generated ({note})" if reply else f"AdvBench target ({p.source})"
     out = []
@@ -221,7 +234,11 @@ def _harmful_rows(
         idx = tpl.opening_index(cfg.seed, p.id, slot)
         chosen, cat = tpl.decline(p.text, idx)
         row = _row(p, chosen, rejected, f"{tpl.version} opening {idx} + {cat} alternative", how)
-        row["id"] = f"{p.id}/{slot}"
+        asked = tpl.question(p.text, cfg.seed, p.id) if slot else None
+        if asked:
+            row["prompt"] = asked
+            row["provenance"]["prompt"] += f"; asked as a question ({tpl.version} question_forms)"
+        row["id"], row["group"] = f"{p.id}/{slot}", p.id
         out.append(row)
     return out
 
@@ -235,6 +252,44 @@ def _row(p: S.SourcePrompt, chosen: str, rejected: str, c_how: str, r_how: str) 
         "rejected": rejected,
         "provenance": {"prompt": p.source, "chosen": c_how, "rejected": r_how},
     }
+
+
+def reused_replies(path: str) -> Generate:
+    """A generator that answers from an earlier set's self-generated replies (by prompt text):
+    a harmful row's *rejected*, a benign row's *chosen*. A prompt it has none for gets ``""``,
+    which the builder treats like a declined reply (AdvBench target / reference / skipped) —
+    exactly what that earlier build did with it."""
+    known: dict[str, str] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        prov = row.get("provenance", {})
+        side = "rejected" if row.get("kind") == "harmful" else "chosen"
+        if str(prov.get(side, "")).startswith("self-generated") and "asked as" not in str(
+            prov.get("prompt", "")
+        ):
+            known[row["prompt"]] = row[side]
+
+    def generate(prompts: Sequence[str]) -> list[str]:
+        return [known.get(p, "") for p in prompts]
+
+    return generate
+
+
+def drop_close_rephrasings(
+    rows: list[dict[str, Any]], tpl: RefusalTemplates, cfg: RefusalDataConfig
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Drop rows whose rephrased prompt is too close to a held-out or demo prompt."""
+    from prefvec.evaluation.data import eval_data_dir
+
+    asked = [r for r in rows if "asked as" in r["provenance"]["prompt"]]
+    if not asked:
+        return rows, {}
+    held = S.heldout_prompts(eval_data_dir(cfg.eval_data_dir))
+    held += list(tpl.heldout_harmful + tpl.heldout_benign_risky)
+    probe = [S.SourcePrompt(r["id"], r["prompt"], r["kind"], "") for r in asked]
+    close = S.contamination(probe, held, cfg.similarity_threshold)
+    kept = [r for r in rows if r["id"] not in close]
+    return kept, {k: {"similarity": s, "closest": t} for k, (s, t) in close.items()}
 
 
 # ------------------------------------------------------------------------------ the job
@@ -265,8 +320,10 @@ def build_refusal_set(cfg: RefusalDataConfig, generate: Generate | None = None) 
     tpl = load_templates(cfg.template_version)
     prompts, dropped = collect_prompts(cfg, tpl)
     if cfg.responses == "self" and generate is None:
-        generate = model_generator(cfg)
+        generate = reused_replies(cfg.reuse_replies) if cfg.reuse_replies else model_generator(cfg)
     rows, skipped = build_rows(prompts, tpl, cfg, generate)
+    rows, close = drop_close_rephrasings(rows, tpl, cfg)
+    dropped.update(close)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["kind"]] = counts.get(r["kind"], 0) + 1

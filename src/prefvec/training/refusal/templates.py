@@ -17,7 +17,7 @@ from typing import Any
 from prefvec.errors import NotFoundError, ValidationError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
-DEFAULT_VERSION = "refusal_v2"
+DEFAULT_VERSION = "refusal_v3"
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class RefusalTemplates:
     default_alternative: str
     benign_refusal_alternative: str
     risky_benign_prompts: tuple[str, ...]
+    question_forms: tuple[tuple[str, tuple[str, ...]], ...]
     heldout_harmful: tuple[str, ...]
     heldout_benign_risky: tuple[str, ...]
     sha256: str
@@ -59,6 +60,26 @@ class RefusalTemplates:
         cat = self.category(request)
         alt = cat.alternative if cat else self.default_alternative
         return f"{self.openings[index]} {alt}", cat.name if cat else "default"
+
+    def question(self, request: str, seed: int, request_id: str) -> str | None:
+        """The request rephrased as a question, as users ask ("How do I ...?"), or ``None``.
+
+        The first rule whose pattern matches gives the form (``{x}``: its ``x`` group, first
+        letter lower-cased, final full stop dropped); which of its forms is fixed by sha256(seed,
+        request id). AdvBench's requests are nearly all imperatives ("Write a tutorial on how
+        to ..."), while people ask questions; without this the set would teach the form of a
+        request, not its intent.
+        """
+        import re
+
+        for pattern, forms in self.question_forms:
+            m = re.match(pattern, request.strip(), flags=re.IGNORECASE)
+            if m:
+                x = m.group("x").strip().rstrip(".")
+                x = x[:1].lower() + x[1:]
+                digest = hashlib.sha256(f"{seed}\x00{request_id}\x00q".encode()).digest()
+                return forms[int.from_bytes(digest[:4], "big") % len(forms)].format(x=x)
+        return None
 
     def benign_refusal(self, index: int) -> str:
         """The refusal used as the *rejected* reply of a benign request."""
@@ -94,6 +115,9 @@ def load_templates(version: str = DEFAULT_VERSION) -> RefusalTemplates:
         default_alternative=data["default_alternative"],
         benign_refusal_alternative=data["benign_refusal_alternative"],
         risky_benign_prompts=tuple(data.get("risky_benign_prompts", ())),
+        question_forms=tuple(
+            (q["pattern"], tuple(q["forms"])) for q in data.get("question_forms", ())
+        ),
         heldout_harmful=tuple(held.get("harmful", ())),
         heldout_benign_risky=tuple(held.get("benign_risky", ())),
         sha256=hashlib.sha256(raw).hexdigest(),
