@@ -145,3 +145,27 @@ def test_resume_after_interruption(
     assert [c["step"] for c in second.curves] == [2.0, 4.0]  # history restored, then continued
     assert second.curves[0] == first.curves[0]
     assert train_dpo_run(tiny_base_dir, train, val, cfg, out).curves == second.curves  # cached
+
+
+def test_a_finished_run_continues_to_more_steps_and_refuses_fewer(
+    tiny_base_dir: Path, toy_pairs_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Raising `steps` on a finished run trains on from its last checkpoint (it is not reused
+    silently); asking for fewer steps than it has is an error naming both numbers."""
+    from prefvec.errors import ValidationError
+    from prefvec.training.dpo import prepare_pairs
+
+    cfg = _cfg(tiny_base_dir, toy_pairs_file, tmp_path, steps=2, save_steps=2)
+    train, val, _ = prepare_pairs(cfg, "toy")
+    out = tmp_path / "more"
+    first = train_dpo_run(tiny_base_dir, train, val, cfg, out)
+    assert first.steps == 2
+    more = _cfg(tiny_base_dir, toy_pairs_file, tmp_path, steps=4, save_steps=2)
+    with caplog.at_level(logging.INFO, logger="prefvec.training.dpo"):
+        second = train_dpo_run(tiny_base_dir, train, val, more, out)
+    assert "continuing from step 2 to 4" in caplog.text
+    assert second.steps == 4 and [c["step"] for c in second.curves] == [2.0, 4.0]
+    assert second.wall_s > first.wall_s  # the old part counted, the new part added
+    fewer = _cfg(tiny_base_dir, toy_pairs_file, tmp_path, steps=3, save_steps=2)
+    with pytest.raises(ValidationError, match="4 steps, and `steps` is 3"):
+        train_dpo_run(tiny_base_dir, train, val, fewer, out)

@@ -50,13 +50,16 @@ class RunResult:
         weights_dir: the LoRA adapter folder, or the full model folder.
         curves: per logging step ``{"step", "loss", "reward_accuracy", "reward_margin"}``.
         eval: held-out metrics (``loss``, ``reward_accuracy``, ``reward_margin``) on validation.
-        wall_s: seconds spent training (this process; resumed runs count the last part).
+        wall_s: seconds spent training (a run resumed after an interruption counts the last
+            part; a finished run continued to more steps adds the new part to the old).
+        steps: optimizer steps the run was trained for.
     """
 
     weights_dir: Path
     curves: list[dict[str, float]] = field(default_factory=list)
     eval: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
+    steps: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,11 +67,12 @@ class RunResult:
             "curves": self.curves,
             "eval": self.eval,
             "wall_s": self.wall_s,
+            "steps": self.steps,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
-        return cls(Path(d["weights_dir"]), d["curves"], d["eval"], d["wall_s"])
+        return cls(Path(d["weights_dir"]), d["curves"], d["eval"], d["wall_s"], d.get("steps"))
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -234,11 +238,26 @@ def train_dpo_run(
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOTrainer
 
+    from prefvec.errors import ValidationError
+
+    steps = steps or cfg.steps
     out = Path(out_dir)
     done = out / "result.json"
+    prior_wall = 0.0
     if cfg.resume and done.is_file():
-        logger.info("%s already trained; reusing it", out)
-        return RunResult.from_dict(json.loads(done.read_text()))
+        old = json.loads(done.read_text())
+        trained_steps = old.get("steps") or _last_checkpoint_step(out / "checkpoints")
+        if trained_steps == steps:
+            logger.info("%s already trained; reusing it", out)
+            return RunResult.from_dict(old)
+        if trained_steps is None or trained_steps > steps:
+            raise ValidationError(
+                f"{str(out)!r} holds a finished run of {trained_steps} steps, and `steps` is "
+                f"{steps}: use another `output_dir`, or `resume` false to train afresh",
+                field="steps",
+            )
+        logger.info("%s: continuing from step %d to %d", out, trained_steps, steps)
+        prior_wall = float(old.get("wall_s") or 0.0)
     out.mkdir(parents=True, exist_ok=True)
     model, tok = _load_policy(Path(model_dir), cfg)
     train = [truncate_prompt(p, tok, cfg.max_prompt_length) for p in train_pairs]
@@ -260,15 +279,24 @@ def train_dpo_run(
         logger.info("resuming %s from %s", out, last)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
-    wall = time.perf_counter() - t0
+    wall = prior_wall + time.perf_counter() - t0
     metrics = _eval_metrics(trainer.evaluate()) if val else {}
     weights_dir = out / ("adapter" if cfg.use_lora else "model")
     trained: Any = trainer.model
     trained.save_pretrained(str(weights_dir))
     tok.save_pretrained(str(weights_dir))
-    result = RunResult(weights_dir, _curves(trainer.state.log_history), metrics, wall)
+    result = RunResult(weights_dir, _curves(trainer.state.log_history), metrics, wall, steps)
     done.write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def _last_checkpoint_step(folder: Path) -> int | None:
+    """The step of the newest ``checkpoint-N`` in ``folder`` (runs saved before ``steps`` was
+    recorded in result.json)."""
+    found = [
+        int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if p.name[11:].isdigit()
+    ]
+    return max(found) if found else None
 
 
 # ------------------------------------------------------------------------------ the job
