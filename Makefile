@@ -78,6 +78,9 @@ screenshots: install
 RESULTS_OUT ?= results/eval
 GEN_LIMIT ?= 100
 ETAS ?= -1,-0.5,0,0.5,1,1.5,2
+# MC1 on all 790 items costs ~6 min a point on one core, the AlpacaEval pairs ~3: fewer points there
+TRUTHFUL_ETAS ?= -1,0,1,2
+HELPFUL_ETAS ?= -1,0,0.5,1,2
 EVAL ?= $(VENV)/bin/prefvec eval
 EVAL_ARGS ?= --max-new-tokens 32 --dtype float32 --max-length 384 --vectors-dir vectors --no-progress
 MAIN_ROWS ?= base;helpful=1;harmless=1;truthful=1;helpful=1,harmless=1;harmless=-1
@@ -87,16 +90,16 @@ results: results-eta results-grid results-rest results-demo
 
 results-eta: install
 	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --vectors harmless --values=$(ETAS) --suites harmbench,xstest_safe --out $(RESULTS_OUT)/eta-harmless
-	$(EVAL) grid $(EVAL_ARGS) --vectors truthful --values=$(ETAS) --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/eta-truthful
-	$(EVAL) grid $(EVAL_ARGS) --vectors helpful --values=$(ETAS) --suites alpaca_pairs --out $(RESULTS_OUT)/eta-helpful
+	$(EVAL) grid $(EVAL_ARGS) --vectors truthful --values=$(TRUTHFUL_ETAS) --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/eta-truthful
+	$(EVAL) grid $(EVAL_ARGS) --vectors helpful --values=$(HELPFUL_ETAS) --suites alpaca_pairs --out $(RESULTS_OUT)/eta-helpful
 
 results-grid: install
-	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --vectors helpful,harmless --values=0,0.5,1 --suites harmbench,xstest_safe,jbb_benign,alpaca_pairs --out $(RESULTS_OUT)/grid-helpful-harmless
+	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --vectors helpful,harmless --values=0,0.5,1 --suites harmbench,xstest_safe,alpaca_pairs --out $(RESULTS_OUT)/grid-helpful-harmless
 
 # the other held-out suites, for the main table's rows
 results-rest: install
-	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --points "$(MAIN_ROWS)" --suites jbb_harmful,jbb_benign,do_not_answer,advbench --out $(RESULTS_OUT)/rest-generation
-	$(EVAL) grid $(EVAL_ARGS) --points "$(MAIN_ROWS)" --suites truthfulqa_mc1,truthfulqa_mc2,hhh_helpful,hhh_harmless,hhh_honest --out $(RESULTS_OUT)/rest-mc
+	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --points "base;harmless=1;helpful=1,harmless=1" --suites jbb_harmful,jbb_benign,do_not_answer,advbench --out $(RESULTS_OUT)/rest-generation
+	$(EVAL) grid $(EVAL_ARGS) --points "base;helpful=1;harmless=1;truthful=1" --suites hhh_helpful,hhh_harmless,hhh_honest --out $(RESULTS_OUT)/rest-mc
 
 # real replies at η = 0, 1, 1.5, 2 to 10 harmful and 10 benign-but-risky requests of our own
 results-demo: install
@@ -112,7 +115,6 @@ results-tables: install
 	$(EVAL) curve $(RESULTS_OUT)/eta-truthful/grid.json --vector truthful --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/curve-truthful.png
 	$(EVAL) curve $(RESULTS_OUT)/eta-helpful/grid.json --vector helpful --suites alpaca_pairs --out $(RESULTS_OUT)/curve-helpful.png
 	$(EVAL) plot $(RESULTS_OUT)/grid-helpful-harmless/grid.json --x harmbench --y xstest_safe --out $(RESULTS_OUT)/pareto-refusal.png
-	$(EVAL) plot $(RESULTS_OUT)/grid-helpful-harmless/grid.json --x harmbench --y jbb_benign --out $(RESULTS_OUT)/pareto-refusal-jbb.png
 	$(EVAL) plot $(RESULTS_OUT)/grid-helpful-harmless/grid.json --x alpaca_pairs --y harmbench --out $(RESULTS_OUT)/pareto-helpful.png
 
 clean:

@@ -62,3 +62,28 @@ def test_scoring_rules_by_hand() -> None:
     assert pair_outcome((-1.0, -5.0), (-2.0, -4.0)) == 1.0  # margin (+1) - (-1) > 0
     assert pair_outcome((-3.0, -3.0), (-2.0, -2.0)) == 0.5
     assert pair_outcome((-5.0, -1.0), (-4.0, -2.0)) == 0.0
+
+
+def test_heldout_subset_is_scored_from_the_full_suites_records() -> None:
+    """truthfulqa_mc1_heldout run with truthfulqa_mc1 reuses its scores (no second pass), and
+    equals scoring it on its own."""
+    from prefvec.evaluation.runner import RunContext, run_eval
+
+    class Fake:
+        label, weights, supports_logprobs = "fake", {}, True
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def logprobs(self, requests):  # type: ignore[no-untyped-def]
+            self.calls += len(requests)
+            return [-float(len(c)) for _, c in requests]  # shortest answer wins
+
+    ctx = RunContext(progress=False)
+    both, alone = Fake(), Fake()
+    rep = run_eval(both, ["truthfulqa_mc1", "truthfulqa_mc1_heldout"], ctx)
+    solo = run_eval(alone, ["truthfulqa_mc1_heldout"], ctx)
+    one = run_eval(Fake(), ["truthfulqa_mc1"], ctx)
+    assert rep.metric("truthfulqa_mc1_heldout").value == solo.metric("truthfulqa_mc1_heldout").value
+    assert rep.metric("truthfulqa_mc1").value == one.metric("truthfulqa_mc1").value
+    assert both.calls == sum(len(r["logprobs"]) for r in one.items["truthfulqa_mc1"])

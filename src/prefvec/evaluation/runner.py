@@ -164,6 +164,24 @@ def run_generation(
     return proportion_metric(suite, flags), records
 
 
+def _from_parent(
+    suite: Suite, items: Sequence[Any], report: EvalReport
+) -> tuple[Metric, list] | None:
+    """Score ``suite`` from the records of its parent suite in this run (``subset_of``), when
+    every one of its items was scored there; else ``None`` (score it on its own)."""
+    parent = report.items.get(suite.subset_of or "")
+    if not parent:
+        return None
+    by_id = {r["id"]: r for r in parent}
+    if not all(it.id in by_id for it in items):
+        return None
+    records = [by_id[it.id] for it in items]
+    values = [float(r["score"]) for r in records]
+    if suite.kind == "mc2":
+        return mean_metric(suite, values, 0), records
+    return proportion_metric(suite, values), records
+
+
 def collapse_metric(report: EvalReport) -> Metric | None:
     """Share of all generated replies of a run that collapsed into repetition (``collapse``).
 
@@ -259,7 +277,8 @@ def run_eval(
             continue
         items = subsample(suite.load(root), ctx.limit, ctx.seed)
         t0 = time.perf_counter()
-        metric, records = RUNNERS[suite.kind](target, suite, items, ctx)
+        scored = _from_parent(suite, items, report)
+        metric, records = scored or RUNNERS[suite.kind](target, suite, items, ctx)
         report.metrics.append(metric)
         report.items[suite.name] = records
         logger.info("%s %s = %.3f [%.3f, %.3f] (n=%d, %.1fs)", suite.name, metric.metric,

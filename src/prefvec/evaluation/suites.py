@@ -39,6 +39,8 @@ class Suite:
         higher_is_better: orientation of the metric.
         load: ``load(eval_data_dir) -> items``.
         description: one line for ``prefvec eval suites``.
+        subset_of: a suite whose items include all of this one's (same ids): run together, this
+            one is scored from the other's records instead of being scored again.
     """
 
     name: str
@@ -48,6 +50,7 @@ class Suite:
     higher_is_better: bool
     load: Callable[[Path], list[Any]]
     description: str = ""
+    subset_of: str | None = None
 
     @property
     def needs_logprobs(self) -> bool:
@@ -83,10 +86,15 @@ GROUPS["all"] = GROUPS["mc"] + GROUPS["generation"] + GROUPS["pairs"]
 
 
 def _mc(
-    name: str, dim: str, load: Callable[[Path], list[Any]], desc: str, kind: str = "mc"
+    name: str,
+    dim: str,
+    load: Callable[[Path], list[Any]],
+    desc: str,
+    kind: str = "mc",
+    subset_of: str | None = None,
 ) -> None:
     metric = "mc2_score" if kind == "mc2" else "accuracy"
-    register_suite(Suite(name, kind, dim, metric, True, load, desc))
+    register_suite(Suite(name, kind, dim, metric, True, load, desc, subset_of))
 
 
 def _gen(name: str, kind: str, dim: str, load: Callable[[Path], list[Any]], desc: str) -> None:
@@ -101,7 +109,8 @@ _mc("truthfulqa_mc1", "truthful", partial(D.load_truthfulqa_mc, targets="mc1_tar
     "TruthfulQA MC1: the single true answer ranks first")  # fmt: skip
 _mc("truthfulqa_mc1_heldout", "truthful",
     partial(D.load_truthfulqa_mc, targets="mc1_targets", heldout=True),
-    "TruthfulQA MC1 on the questions the truthful vector never trained on")  # fmt: skip
+    "TruthfulQA MC1 on the questions the truthful vector never trained on",
+    subset_of="truthfulqa_mc1")  # fmt: skip
 _mc("truthfulqa_mc2", "truthful", partial(D.load_truthfulqa_mc, targets="mc2_targets"),
     "TruthfulQA MC2: normalised probability mass on true answers", kind="mc2")  # fmt: skip
 _gen(
