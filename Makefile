@@ -85,37 +85,42 @@ EVAL ?= $(VENV)/bin/prefvec eval
 EVAL_ARGS ?= --max-new-tokens 32 --dtype float32 --max-length 384 --vectors-dir vectors --no-progress
 MAIN_ROWS ?= base;helpful=1;harmless=1;truthful=1;helpful=1,harmless=1;harmless=-1
 
-results: results-eta results-grid results-rest results-demo
+results: results-eta results-grid results-rest results-demo   # ≈ 75 min on 2 cores (see README)
 	$(MAKE) results-tables
 
-results-eta: install
+results-eta: install   # the harmless sweep first: the grid reuses its points
 	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --vectors harmless --values=$(ETAS) --suites harmbench,xstest_safe --out $(RESULTS_OUT)/eta-harmless
 	$(EVAL) grid $(EVAL_ARGS) --vectors truthful --values=$(TRUTHFUL_ETAS) --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/eta-truthful
 	$(EVAL) grid $(EVAL_ARGS) --vectors helpful --values=$(HELPFUL_ETAS) --suites alpaca_pairs --out $(RESULTS_OUT)/eta-helpful
 
+# helpful × harmless over {0, 0.5, 1}²: the points with helpful = 0 come from the harmless η sweep
+# (and their AlpacaEval pairs from grid-harmless-alpaca); the tables merge runs by weights
+GRID_ROWS ?= base;harmless=0.5;harmless=1;helpful=0.5;helpful=0.5,harmless=0.5;helpful=0.5,harmless=1;helpful=1;helpful=1,harmless=0.5;helpful=1,harmless=1
 results-grid: install
-	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --vectors helpful,harmless --values=0,0.5,1 --suites harmbench,xstest_safe,alpaca_pairs --out $(RESULTS_OUT)/grid-helpful-harmless
+	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1;helpful=0.5,harmless=1;helpful=1,harmless=0.5;helpful=0.5,harmless=0.5;helpful=1;helpful=0.5" --suites harmbench,xstest_safe,alpaca_pairs --out $(RESULTS_OUT)/grid-helpful-harmless
+	$(EVAL) grid $(EVAL_ARGS) --points "harmless=0.5;harmless=1" --suites alpaca_pairs --out $(RESULTS_OUT)/grid-harmless-alpaca
 
 # the other held-out suites, for the main table's rows
 results-rest: install
-	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --points "base;harmless=1;helpful=1,harmless=1" --suites jbb_harmful,jbb_benign,do_not_answer,advbench --out $(RESULTS_OUT)/rest-generation
+	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --points "base;harmless=1;helpful=1,harmless=1" --suites jbb_benign,jbb_harmful,do_not_answer,advbench --out $(RESULTS_OUT)/rest-generation
 	$(EVAL) grid $(EVAL_ARGS) --points "base;helpful=1;harmless=1;truthful=1" --suites hhh_helpful,hhh_harmless,hhh_honest --out $(RESULTS_OUT)/rest-mc
 
 # real replies at η = 0, 1, 1.5, 2 to 10 harmful and 10 benign-but-risky requests of our own
 results-demo: install
 	$(PY) bench/refusal_demo.py --etas 0,1,1.5,2 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/refusal-demo.json --markdown $(RESULTS_OUT)/refusal-demo.md
 
+GRID_FILES = $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/eta-helpful/grid.json $(RESULTS_OUT)/grid-helpful-harmless/grid.json $(RESULTS_OUT)/grid-harmless-alpaca/grid.json
 results-tables: install
 	$(EVAL) table $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/eta-truthful/grid.json $(RESULTS_OUT)/eta-helpful/grid.json $(RESULTS_OUT)/grid-helpful-harmless/grid.json $(RESULTS_OUT)/rest-generation/grid.json $(RESULTS_OUT)/rest-mc/grid.json --rows "$(MAIN_ROWS)" --readme README.md --marker main
 	$(EVAL) table $(RESULTS_OUT)/eta-harmless/grid.json --merge --readme README.md --marker eta-harmless
 	$(EVAL) table $(RESULTS_OUT)/eta-truthful/grid.json --merge --readme README.md --marker eta-truthful
 	$(EVAL) table $(RESULTS_OUT)/eta-helpful/grid.json --merge --readme README.md --marker eta-helpful
-	$(EVAL) table $(RESULTS_OUT)/grid-helpful-harmless/grid.json --readme README.md --marker grid
+	$(EVAL) table $(GRID_FILES) --rows "$(GRID_ROWS)" --readme README.md --marker grid
 	$(EVAL) curve $(RESULTS_OUT)/eta-harmless/grid.json --vector harmless --suites harmbench,xstest_safe,collapse --out $(RESULTS_OUT)/curve-harmless.png
 	$(EVAL) curve $(RESULTS_OUT)/eta-truthful/grid.json --vector truthful --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/curve-truthful.png
 	$(EVAL) curve $(RESULTS_OUT)/eta-helpful/grid.json --vector helpful --suites alpaca_pairs --out $(RESULTS_OUT)/curve-helpful.png
-	$(EVAL) plot $(RESULTS_OUT)/grid-helpful-harmless/grid.json --x harmbench --y xstest_safe --out $(RESULTS_OUT)/pareto-refusal.png
-	$(EVAL) plot $(RESULTS_OUT)/grid-helpful-harmless/grid.json --x alpaca_pairs --y harmbench --out $(RESULTS_OUT)/pareto-helpful.png
+	$(EVAL) plot $(GRID_FILES) --rows "$(GRID_ROWS)" --x harmbench --y xstest_safe --out $(RESULTS_OUT)/pareto-refusal.png
+	$(EVAL) plot $(GRID_FILES) --rows "$(GRID_ROWS)" --x alpaca_pairs --y harmbench --out $(RESULTS_OUT)/pareto-helpful.png
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) .pytest_cache .mypy_cache .ruff_cache

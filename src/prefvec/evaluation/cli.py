@@ -138,6 +138,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from prefvec.evaluation.table import load_reports
 
     reports = load_reports(args.files)
+    if args.rows:
+        from prefvec.evaluation.table import merge_by_weights, select_rows
+
+        reports = select_rows(merge_by_weights(reports), args.rows.split(";"))
     png, front = plot_pareto(reports, args.x, args.y, args.out)
     print(f"wrote {png}; Pareto front: {[reports[i].label for i in front]}")
     return 0
@@ -214,7 +218,12 @@ def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
     p.add_argument("--data-dir", default=None, help="evaluation data (default: repo eval_data/)")
     p.add_argument("--out", default="results/eval", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="sequences per forward (CPU decode reads all weights per step: big batches are cheap)",
+    )
     p.add_argument("--method", default="linear", help="merge method")
     if model:
         p.add_argument("--base", default=os.environ.get("PREFVEC_BASE_MODEL", DEFAULT_BASE))
@@ -264,6 +273,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--x", required=True, help="suite on the x axis")
     p.add_argument("--y", required=True, help="suite on the y axis")
     p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument(
+        "--rows",
+        default=None,
+        help='plot these weight settings, merged across the files: "base;harmless=1"',
+    )
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("curve", help="control curve (metric vs one vector's weight) of grid JSONs")
