@@ -317,7 +317,8 @@ def load_jsonl_pairs(path: str | Path) -> tuple[list[PreferencePair], DataReport
         except ValueError as exc:
             report.add_bad(n, str(exc))
             continue
-        group = obj.get("group") if isinstance(obj.get("group"), str) else ""
+        raw_group = obj.get("group")
+        group = raw_group if isinstance(raw_group, str) else ""
         pairs.append(make_pair(msgs, chosen, rejected, group=group, source=f"{path.name}:{n}"))
     return _finish(pairs, report)
 
