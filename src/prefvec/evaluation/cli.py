@@ -218,12 +218,7 @@ def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
     p.add_argument("--data-dir", default=None, help="evaluation data (default: repo eval_data/)")
     p.add_argument("--out", default="results/eval", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=32,
-        help="sequences per forward (CPU decode reads all weights per step: big batches are cheap)",
-    )
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--method", default="linear", help="merge method")
     if model:
         p.add_argument("--base", default=os.environ.get("PREFVEC_BASE_MODEL", DEFAULT_BASE))

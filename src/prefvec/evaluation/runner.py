@@ -29,7 +29,7 @@ from prefvec.evaluation.suites import (
 )
 
 logger = logging.getLogger(__name__)
-CHUNK = 64  # requests per progress-bar step (and per generate call: the batcher fills its batch)
+CHUNK = 16  # requests per progress-bar step
 
 
 @dataclass
