@@ -13,7 +13,7 @@ VENV_VLLM ?= .venv-vllm
 PY_VLLM := $(VENV_VLLM)/bin/python
 SERVE_VENV := $(if $(filter vllm,$(BACKEND)),$(VENV_VLLM),$(VENV))
 
-.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-eta results-grid results-rest results-demo results-tables screenshots clean
+.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-eta results-helpful results-grid results-demo results-tables screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,56 +71,47 @@ screenshots: install
 	$(PY) bench/screenshots.py --out docs/screenshots
 
 # The README results (issue 11): the shipped vectors (vectors/) on held-out suites, in process on the
-# bundled model (fp32: faster than bf16 on this CPU), greedy, 32 new tokens; every generation suite
-# on GEN_LIMIT items (all items where a suite is smaller), the multiple-choice and pair suites on
-# every item. Each target writes results/eval/<name>/grid.json; `results-tables` turns them into
-# the README tables and plots without evaluating anything.
+# bundled model (fp32: faster than bf16 on this CPU), greedy, 32 new tokens; generation suites on
+# GEN_LIMIT items. Each target writes results/eval/<name>/grid.json; `results-tables` turns them
+# into the README tables and plots without evaluating anything. On one CPU core a HarmBench +
+# XSTest point takes ~6 min, MC1 on its 235 held-out questions ~7 min (all 790: ~22 min), the
+# AlpacaEval pairs ~8 min (+8 for the base's reference once): the defaults are what fitted in one
+# session; the issue's full plan is e.g.
+#   make results HARMLESS_ETAS=-1,-0.5,0,0.5,1,1.5,2 TRUTHFUL_SUITES=truthfulqa_mc1,truthfulqa_mc1_heldout
 RESULTS_OUT ?= results/eval
 GEN_LIMIT ?= 100
-ETAS ?= -1,-0.5,0,0.5,1,1.5,2
-# MC1 on all 790 items costs ~6 min a point on one core, the AlpacaEval pairs ~3: fewer points there
-TRUTHFUL_ETAS ?= -1,0,1,2
-HELPFUL_ETAS ?= -1,0,0.5,1,2
+HARMLESS_ETAS ?= -1,0,1,1.5,2
+TRUTHFUL_ETAS ?= 0,1
+TRUTHFUL_SUITES ?= truthfulqa_mc1_heldout
+HELPFUL_POINTS ?= helpful=1
+GRID_POINTS ?= helpful=1,harmless=1
 EVAL ?= $(VENV)/bin/prefvec eval
 EVAL_ARGS ?= --max-new-tokens 32 --dtype float32 --max-length 384 --vectors-dir vectors --no-progress
-MAIN_ROWS ?= base;helpful=1;harmless=1;truthful=1;helpful=1,harmless=1;harmless=-1
+MAIN_ROWS ?= base;harmless=-1;harmless=1;helpful=1;truthful=1;helpful=1,harmless=1
 
-results: results-eta results-grid results-rest results-demo   # ≈ 75 min on 2 cores (see README)
+results: results-eta results-helpful results-grid results-demo   # ≈ 65 min on 2 cores, 2 jobs
 	$(MAKE) results-tables
 
-results-eta: install   # the harmless sweep first: the grid reuses its points
-	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --vectors harmless --values=$(ETAS) --suites harmbench,xstest_safe --out $(RESULTS_OUT)/eta-harmless
-	$(EVAL) grid $(EVAL_ARGS) --vectors truthful --values=$(TRUTHFUL_ETAS) --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/eta-truthful
-	$(EVAL) grid $(EVAL_ARGS) --vectors helpful --values=$(HELPFUL_ETAS) --suites alpaca_pairs --out $(RESULTS_OUT)/eta-helpful
+results-eta: install
+	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --vectors harmless --values=$(HARMLESS_ETAS) --suites harmbench,xstest_safe --out $(RESULTS_OUT)/eta-harmless
+	$(EVAL) grid $(EVAL_ARGS) --vectors truthful --values=$(TRUTHFUL_ETAS) --suites $(TRUTHFUL_SUITES) --out $(RESULTS_OUT)/eta-truthful
 
-# helpful × harmless over {0, 0.5, 1}²: the points with helpful = 0 come from the harmless η sweep
-# (and their AlpacaEval pairs from grid-harmless-alpaca); the tables merge runs by weights
-GRID_ROWS ?= base;harmless=0.5;harmless=1;helpful=0.5;helpful=0.5,harmless=0.5;helpful=0.5,harmless=1;helpful=1;helpful=1,harmless=0.5;helpful=1,harmless=1
+results-helpful: install
+	$(EVAL) grid $(EVAL_ARGS) --points "$(HELPFUL_POINTS)" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-alpaca
+
 results-grid: install
-	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1;helpful=0.5,harmless=1;helpful=1,harmless=0.5;helpful=0.5,harmless=0.5;helpful=1;helpful=0.5" --suites harmbench,xstest_safe,alpaca_pairs --out $(RESULTS_OUT)/grid-helpful-harmless
-	$(EVAL) grid $(EVAL_ARGS) --points "harmless=0.5;harmless=1" --suites alpaca_pairs --out $(RESULTS_OUT)/grid-harmless-alpaca
-
-# the other held-out suites, for the main table's rows
-results-rest: install
-	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --points "base;harmless=1;helpful=1,harmless=1" --suites jbb_benign,jbb_harmful,do_not_answer,advbench --out $(RESULTS_OUT)/rest-generation
-	$(EVAL) grid $(EVAL_ARGS) --points "base;helpful=1;harmless=1;truthful=1" --suites hhh_helpful,hhh_harmless,hhh_honest --out $(RESULTS_OUT)/rest-mc
+	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --points "$(GRID_POINTS)" --suites harmbench,xstest_safe --out $(RESULTS_OUT)/grid-helpful-harmless
 
 # real replies at η = 0, 1, 1.5, 2 to 10 harmful and 10 benign-but-risky requests of our own
 results-demo: install
 	$(PY) bench/refusal_demo.py --etas 0,1,1.5,2 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/refusal-demo.json --markdown $(RESULTS_OUT)/refusal-demo.md
 
-GRID_FILES = $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/eta-helpful/grid.json $(RESULTS_OUT)/grid-helpful-harmless/grid.json $(RESULTS_OUT)/grid-harmless-alpaca/grid.json
+RESULT_FILES = $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/eta-truthful/grid.json $(RESULTS_OUT)/helpful-alpaca/grid.json $(RESULTS_OUT)/grid-helpful-harmless/grid.json
 results-tables: install
-	$(EVAL) table $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/eta-truthful/grid.json $(RESULTS_OUT)/eta-helpful/grid.json $(RESULTS_OUT)/grid-helpful-harmless/grid.json $(RESULTS_OUT)/rest-generation/grid.json $(RESULTS_OUT)/rest-mc/grid.json --rows "$(MAIN_ROWS)" --readme README.md --marker main
+	$(EVAL) table $(RESULT_FILES) --rows "$(MAIN_ROWS)" --readme README.md --marker main
 	$(EVAL) table $(RESULTS_OUT)/eta-harmless/grid.json --merge --readme README.md --marker eta-harmless
-	$(EVAL) table $(RESULTS_OUT)/eta-truthful/grid.json --merge --readme README.md --marker eta-truthful
-	$(EVAL) table $(RESULTS_OUT)/eta-helpful/grid.json --merge --readme README.md --marker eta-helpful
-	$(EVAL) table $(GRID_FILES) --rows "$(GRID_ROWS)" --readme README.md --marker grid
 	$(EVAL) curve $(RESULTS_OUT)/eta-harmless/grid.json --vector harmless --suites harmbench,xstest_safe,collapse --out $(RESULTS_OUT)/curve-harmless.png
-	$(EVAL) curve $(RESULTS_OUT)/eta-truthful/grid.json --vector truthful --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/curve-truthful.png
-	$(EVAL) curve $(RESULTS_OUT)/eta-helpful/grid.json --vector helpful --suites alpaca_pairs --out $(RESULTS_OUT)/curve-helpful.png
-	$(EVAL) plot $(GRID_FILES) --rows "$(GRID_ROWS)" --x harmbench --y xstest_safe --out $(RESULTS_OUT)/pareto-refusal.png
-	$(EVAL) plot $(GRID_FILES) --rows "$(GRID_ROWS)" --x alpaca_pairs --y harmbench --out $(RESULTS_OUT)/pareto-helpful.png
+	$(EVAL) plot $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/grid-helpful-harmless/grid.json --rows "base;harmless=1;harmless=1.5;harmless=2;helpful=1,harmless=1" --x harmbench --y xstest_safe --out $(RESULTS_OUT)/pareto-refusal.png
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) .pytest_cache .mypy_cache .ruff_cache
