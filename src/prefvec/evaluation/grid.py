@@ -162,8 +162,11 @@ def plot_pareto(
     front = pareto_front(pts, (mx[0].higher_is_better, my[0].higher_is_better))
     fig, ax = plt.subplots(figsize=(9.6, 5.4), dpi=120)
     for a, b in zip(mx, my, strict=True):
-        ax.errorbar(a.value, b.value, xerr=[[a.value - a.ci_low], [a.ci_high - a.value]],
-                    yerr=[[b.value - b.ci_low], [b.ci_high - b.value]], fmt="o", ms=4,
+        # clamped: a Wilson bound can sit a rounding error on the wrong side of 0 or 1
+        ax.errorbar(a.value, b.value,
+                    xerr=[[max(0.0, a.value - a.ci_low)], [max(0.0, a.ci_high - a.value)]],
+                    yerr=[[max(0.0, b.value - b.ci_low)], [max(0.0, b.ci_high - b.value)]],
+                    fmt="o", ms=4,
                     color="tab:gray", alpha=0.6, lw=0.8)  # fmt: skip
     at: dict[tuple[float, float], list[str]] = {}
     for r, pt in zip(reports, pts, strict=True):
