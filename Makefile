@@ -89,7 +89,7 @@ EVAL ?= $(VENV)/bin/prefvec eval
 EVAL_ARGS ?= --max-new-tokens 32 --dtype float32 --max-length 384 --vectors-dir vectors --no-progress
 MAIN_ROWS ?= base;harmless=-1;harmless=1;helpful=1;truthful=1;helpful=1,harmless=1
 
-results: results-eta results-helpful results-grid results-demo   # ≈ 65 min on 2 cores, 2 jobs
+results: results-eta results-helpful results-grid results-demo   # ≈ 56 min of one core (README)
 	$(MAKE) results-tables
 
 results-eta: install
