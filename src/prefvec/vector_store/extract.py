@@ -240,11 +240,15 @@ def _choose_rank(s: torch.Tensor, rank: int | None, energy: float | None) -> int
     if rank is not None:
         return max(0, min(rank, s.numel()))
     assert energy is not None
-    total = float((s**2).sum())
+    raw = torch.cumsum(s.double() ** 2, 0)
+    total = float(raw[-1]) if raw.numel() else 0.0
     if total == 0.0:
         return 0
-    cum = torch.cumsum(s.double() ** 2, 0) / total
-    return int(torch.searchsorted(cum, torch.tensor(energy, dtype=torch.float64)).item()) + 1
+    # in float64 throughout, with a 1e-9 tolerance: σ² of a matrix's numerical null space
+    # (1e-12 of the total) must not decide whether energy = 1.0 is "reached"
+    cum = raw / total
+    want = torch.tensor(energy - 1e-9, dtype=torch.float64)
+    return min(int(torch.searchsorted(cum, want).item()) + 1, s.numel())
 
 
 def compress_svd(
