@@ -5,6 +5,7 @@ Slow: the bundled SmolLM2-135M-Instruct with ``vectors/`` preloaded, greedy chat
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,10 @@ def client(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
         base_model=MODEL, home=tmp, store_dir=tmp / "store", preload_vectors_dir=ROOT / "vectors"
     )
     with TestClient(create_app(settings)) as c:
+        for _ in range(600):  # the model loads in the background; /ready says when
+            if c.get("/ready").status_code == 200:
+                break
+            time.sleep(0.5)
         yield c
 
 
