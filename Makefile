@@ -77,19 +77,19 @@ screenshots: install
 # XSTest point takes ~6 min, MC1 on its 235 held-out questions ~7 min (all 790: ~22 min), the
 # AlpacaEval pairs ~8 min (+8 for the base's reference once): the defaults are what fitted in one
 # session; the issue's full plan is e.g.
-#   make results HARMLESS_ETAS=-1,-0.5,0,0.5,1,1.5,2 TRUTHFUL_SUITES=truthfulqa_mc1,truthfulqa_mc1_heldout
+#   make results HARMLESS_ETAS=-1,-0.5,0,0.5,1,1.5,2 TRUTHFUL_ETAS=-1,-0.5,0,0.5,1,1.5,2
 RESULTS_OUT ?= results/eval
 GEN_LIMIT ?= 100
 HARMLESS_ETAS ?= -1,0,1,1.5,2
 TRUTHFUL_ETAS ?= 0,1
-TRUTHFUL_SUITES ?= truthfulqa_mc1_heldout
+TRUTHFUL_SUITES ?= truthfulqa_mc1,truthfulqa_mc1_heldout
 HELPFUL_POINTS ?= helpful=1
 GRID_POINTS ?= helpful=1,harmless=1
 EVAL ?= $(VENV)/bin/prefvec eval
 EVAL_ARGS ?= --max-new-tokens 32 --dtype float32 --max-length 384 --vectors-dir vectors --no-progress
 MAIN_ROWS ?= base;harmless=-1;harmless=1;helpful=1;truthful=1;helpful=1,harmless=1
 
-results: results-eta results-helpful results-grid results-demo   # ≈ 56 min of one core (README)
+results: results-eta results-helpful results-grid results-demo   # ≈ 76 min of one core (README)
 	$(MAKE) results-tables
 
 results-eta: install
