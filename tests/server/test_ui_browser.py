@@ -371,17 +371,23 @@ def test_invalid_upload_shows_api_message(arena: LiveServer, page: Any, tmp_path
     assert len(get(f"{arena.url}/v1/vectors").json()["data"]) == len(CARDS)
 
 
-def test_valid_upload_adds_a_slider(arena: LiveServer, page: Any, tmp_path: Path) -> None:
-    src = arena.state.store.blob_path("helpful@1")
-    open_ui(page, arena.url, "vectors")
+def upload_on_page(page: Any, url: str, file: Path, name: str, description: str = "") -> None:
+    """Upload ``file`` as ``name`` through the Vectors tab with the operator key; wait for ok."""
+    open_ui(page, url, "vectors")
     page.fill("#key", OPERATOR_KEY)
     page.click("#key-save")
     page.wait_for_selector("body[data-ready='1']")
-    page.set_input_files("#up-file", str(src))
-    page.fill("#up-name", "kind")
-    page.fill("#up-description", "A copy of helpful under another name.")
+    page.set_input_files("#up-file", str(file))
+    page.fill("#up-name", name)
+    if description:
+        page.fill("#up-description", description)
     page.click("#up-go")
     page.wait_for_selector("#up-msg.ok")
+
+
+def test_valid_upload_adds_a_slider(arena: LiveServer, page: Any, tmp_path: Path) -> None:
+    src = arena.state.store.blob_path("helpful@1")
+    upload_on_page(page, arena.url, src, "kind", "A copy of helpful under another name.")
     info = get(f"{arena.url}/v1/vectors/kind").json()
     assert page.text_content("#up-msg").startswith(f"stored kind@{info['version']} (lowrank")
     assert page.locator("#w-kind").count() == 1
@@ -402,14 +408,7 @@ def test_peft_adapter_archive_upload(arena: LiveServer, page: Any, tmp_path: Pat
     with zipfile.ZipFile(archive, "w") as zf:
         for f in folder.iterdir():
             zf.write(f, "adapter/" + f.name)
-    open_ui(page, arena.url, "vectors")
-    page.fill("#key", OPERATOR_KEY)
-    page.click("#key-save")
-    page.wait_for_selector("body[data-ready='1']")
-    page.set_input_files("#up-file", str(archive))
-    page.fill("#up-name", "from-peft")
-    page.click("#up-go")
-    page.wait_for_selector("#up-msg.ok")
+    upload_on_page(page, arena.url, archive, "from-peft")
     info = get(f"{arena.url}/v1/vectors/from-peft").json()
     assert info["kind"] == "lowrank"
     assert page.text_content("#up-msg").startswith(f"stored from-peft@{info['version']} (lowrank")

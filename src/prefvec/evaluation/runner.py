@@ -165,7 +165,7 @@ def run_generation(
 
 
 def _from_parent(
-    suite: Suite, items: Sequence[Any], report: EvalReport
+    suite: Suite, items: Sequence[Any], report: EvalReport, seed: int
 ) -> tuple[Metric, list] | None:
     """Score ``suite`` from the records of its parent suite in this run (``subset_of``), when
     every one of its items was scored there; else ``None`` (score it on its own)."""
@@ -178,7 +178,7 @@ def _from_parent(
     records = [by_id[it.id] for it in items]
     values = [float(r["score"]) for r in records]
     if suite.kind == "mc2":
-        return mean_metric(suite, values, 0), records
+        return mean_metric(suite, values, seed), records
     return proportion_metric(suite, values), records
 
 
@@ -277,7 +277,7 @@ def run_eval(
             continue
         items = subsample(suite.load(root), ctx.limit, ctx.seed)
         t0 = time.perf_counter()
-        scored = _from_parent(suite, items, report)
+        scored = _from_parent(suite, items, report, ctx.seed)
         metric, records = scored or RUNNERS[suite.kind](target, suite, items, ctx)
         report.metrics.append(metric)
         report.items[suite.name] = records

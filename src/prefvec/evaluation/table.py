@@ -49,8 +49,8 @@ def merge_by_weights(reports: Sequence[EvalReport]) -> list[EvalReport]:
         key = weights_key(r.weights)
         into = merged.get(key)
         if into is None:
-            into = merged[key] = EvalReport(key, dict(r.weights), dict(r.config))
-            into.weights = {k: v for k, v in r.weights.items() if v != 0}
+            nonzero = {k: v for k, v in r.weights.items() if v != 0}
+            into = merged[key] = EvalReport(key, nonzero, dict(r.config))
         have = {m.suite for m in into.metrics}
         for m in r.metrics:
             if m.suite not in have and m.suite != COLLAPSE:

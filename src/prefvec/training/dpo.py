@@ -293,10 +293,10 @@ def train_dpo_run(
 def _last_checkpoint_step(folder: Path) -> int | None:
     """The step of the newest ``checkpoint-N`` in ``folder`` (runs saved before ``steps`` was
     recorded in result.json)."""
-    found = [
-        int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if p.name[11:].isdigit()
-    ]
-    return max(found) if found else None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return int(last.rsplit("-", 1)[1]) if last else None
 
 
 # ------------------------------------------------------------------------------ the job
