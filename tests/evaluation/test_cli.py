@@ -26,6 +26,14 @@ def test_eval_run_and_grid(srv_base_dir: Path, store_dir: Path, tmp_path: Path) 
     grid = json.loads((out / "grid.json").read_text())
     assert [g["label"] for g in grid] == ["base", "helpful=1"]
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    # a second process on another point into the same folder: grid.json gathers all three
+    assert sorted(p.name for p in (out / "points").glob("*.json")) == [
+        "base.json",
+        "helpful=1.json",
+    ]
+    assert main(["eval", "grid", *common, "--points", "helpful=-1", "--out", str(out)]) == 0
+    grid = json.loads((out / "grid.json").read_text())
+    assert [g["label"] for g in grid] == ["helpful=-1", "base", "helpful=1"]
 
 
 def test_eval_bad_suite_is_a_clean_error(capsys) -> None:  # type: ignore[no-untyped-def]

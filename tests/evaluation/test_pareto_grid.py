@@ -105,3 +105,38 @@ def test_plot_curve_orders_by_weight_and_refuses_missing_suites(tmp_path: Path) 
     assert main(["eval", "curve", str(grid), "--vector", "harmless", "--suites", "harmbench",
                  "--out", str(out)]) == 0  # fmt: skip
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_grid_resumes_from_points(handle, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import prefvec.evaluation.grid as grid_mod
+    from prefvec.evaluation.grid import folder_points
+
+    ctx = RunContext(limit=3, progress=False)
+    points = tmp_path / "points"
+    first = run_grid(handle, [{"helpful": 1.0}], ["hhh_helpful"], ctx, points_dir=points)
+    assert (points / "helpful=1.json").is_file() and not list(points.glob("*.tmp"))
+    # a second process adds another point to the same folder
+    run_grid(handle, [{"helpful": -1.0}], ["hhh_helpful"], ctx, points_dir=points)
+
+    calls: list[str] = []
+    real = grid_mod.run_eval
+
+    def counting(target, suites, ctx, label=None):  # type: ignore[no-untyped-def]
+        calls.append(label)
+        return real(target, suites, ctx, label=label)
+
+    monkeypatch.setattr(grid_mod, "run_eval", counting)
+    again = run_grid(handle, [{"helpful": 1.0}, {}], ["hhh_helpful"], ctx, points_dir=points)
+    assert calls == ["base"]  # helpful=1 was read back, not evaluated again
+    assert again[0].to_dict() == first[0].to_dict()
+    # other settings (here the item count) are not reused
+    run_grid(handle, [{"helpful": 1.0}], ["hhh_helpful"], RunContext(limit=2, progress=False),
+             points_dir=points)  # fmt: skip
+    assert calls == ["base", "helpful=1"]
+    # the folder's files gather every point made with the same settings, this run's first
+    merged = folder_points(points, again, handle, ctx, ["hhh_helpful"], "linear")
+    # (the limit-2 run replaced helpful=1's file, so the folder's copy of it no longer matches)
+    assert [r.label for r in merged] == ["helpful=1", "base", "helpful=-1"]
+    merged = folder_points(points, again[1:], handle, RunContext(limit=2, progress=False),
+                           ["hhh_helpful"], "linear")  # fmt: skip
+    assert [r.label for r in merged] == ["base", "helpful=1"]

@@ -106,6 +106,7 @@ def _print_summary(report: Any) -> None:
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from prefvec.evaluation.grid import (
+        folder_points,
         plot_pareto,
         run_grid,
         weight_grid,
@@ -121,9 +122,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
         from prefvec.errors import ValidationError
 
         raise ValidationError("give `--vectors` (with `--values`) or `--points`", field="vectors")
-    reports = run_grid(_handle(args), grid, args.suites.split(","), _context(args),
-                       method=args.method)  # fmt: skip
     out = Path(args.out)
+    handle, ctx, suites = _handle(args), _context(args), args.suites.split(",")
+    points = None if args.no_resume else out / "points"
+    reports = run_grid(handle, grid, suites, ctx, method=args.method, points_dir=points)
+    if points is not None:  # points other processes added to the same folder join the files
+        reports = folder_points(points, reports, handle, ctx, suites, args.method)
     out.mkdir(parents=True, exist_ok=True)
     print(f"wrote {write_grid_csv(reports, out / 'grid.csv')} and "
           f"{write_grid_json(reports, out / 'grid.json')}")  # fmt: skip
@@ -261,6 +265,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--values", default="-1,0,1", help="weights tried per vector")
     p.add_argument("--x", default=None, help="suite on the x axis of the Pareto plot")
     p.add_argument("--y", default=None, help="suite on the y axis of the Pareto plot")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="evaluate every point again (default: reuse OUT/points/<label>.json made with the "
+        "same settings and vector files; each point is written there as it finishes)",
+    )
     p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("plot", help="Pareto plot of eval/grid JSON files (no re-evaluation)")

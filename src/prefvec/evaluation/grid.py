@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefvec.errors import BackendUnavailableError, ValidationError
+from prefvec.errors import BackendUnavailableError, PrefvecError, ValidationError
 from prefvec.evaluation.runner import EvalReport, RunContext, run_eval
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,16 @@ def pareto_front(
     return sorted(front, key=lambda i: pts[i][0])
 
 
+def point_label(weights: dict[str, float]) -> str:
+    """``helpful=1,harmless=0.5`` (``base`` when empty): a grid point's label."""
+    return ",".join(f"{k}={v:g}" for k, v in weights.items()) or "base"
+
+
+def _point_file(points_dir: Path, label: str) -> Path:
+    slug = "".join(c if c.isalnum() or c in "=.,-" else "_" for c in label)
+    return points_dir / f"{slug}.json"
+
+
 def run_grid(
     handle: Any,
     grid: Sequence[dict[str, float]],
@@ -62,17 +72,91 @@ def run_grid(
     ctx: RunContext,
     *,
     method: str = "linear",
+    points_dir: str | Path | None = None,
 ) -> list[EvalReport]:
     """Evaluate ``suites`` at every grid point on one in-process model (re-merged in place);
-    reference log-probs of the pair suite are computed once and shared."""
+    reference log-probs of the pair suite are computed once and shared.
+
+    With ``points_dir``, each point's report is written there as soon as it is done, and a point
+    whose file already holds the same settings (suites, limit, seed, reply length, method, dtype,
+    scored length and the sha256 of every vector it merges) is read back instead of evaluated
+    again: a stopped grid resumes, and two processes can share one folder on disjoint points.
+    """
     reports = []
+    pdir = Path(points_dir) if points_dir is not None else None
     for i, weights in enumerate(grid):
-        label = ",".join(f"{k}={v:g}" for k, v in weights.items()) or "base"
+        label = point_label(weights)
+        settings = point_settings(handle, weights, suites, ctx, method)
+        path = _point_file(pdir, label) if pdir is not None else None
+        cached = _read_point(path, settings) if path is not None else None
+        if cached is not None:
+            logger.info("grid point %d/%d: %s (reusing %s)", i + 1, len(grid), label, path)
+            reports.append(cached)
+            continue
         logger.info("grid point %d/%d: %s", i + 1, len(grid), label)
         target = handle.target(weights, method=method, label=label)
-        reports.append(run_eval(target, suites, ctx, label=label))
+        report = run_eval(target, suites, ctx, label=label)
+        report.config["point"] = settings
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(report.to_dict(), indent=1, default=str))
+            tmp.replace(path)  # atomic: a stopped run never leaves half a point behind
+        reports.append(report)
     handle.merger.restore()
     return reports
+
+
+def point_settings(
+    handle: Any, weights: dict[str, float], suites: Sequence[str], ctx: RunContext, method: str
+) -> dict[str, Any]:
+    """What a grid point's result depends on, besides the code: its key for resuming."""
+    return {
+        "suites": list(suites), "limit": ctx.limit, "seed": ctx.seed,
+        "max_new_tokens": ctx.max_new_tokens, "method": method,
+        "dtype": str(getattr(handle, "dtype", "")), "max_length": handle.max_length,
+        "weights": {k: float(v) for k, v in weights.items()},
+        "vectors": {k: handle.vector_sha256(k) for k, v in weights.items() if v != 0},
+    }  # fmt: skip
+
+
+def _read_point(path: Path, settings: dict[str, Any]) -> EvalReport | None:
+    if not path.is_file():
+        return None
+    try:
+        report = EvalReport.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("%s is unreadable (%s): evaluating the point again", path, exc)
+        return None
+    if report.config.get("point") != settings:
+        logger.info("%s was made with other settings or vectors: evaluating it again", path)
+        return None
+    return report
+
+
+def folder_points(
+    points_dir: str | Path, reports: Sequence[EvalReport], handle: Any, ctx: RunContext,
+    suites: Sequence[str], method: str,
+) -> list[EvalReport]:  # fmt: skip
+    """``reports``, then every other point in ``points_dir`` made with the same settings and the
+    same vector files (points another process added to the folder), ordered by label."""
+    seen = {r.label for r in reports}
+    extra = []
+    for path in sorted(Path(points_dir).glob("*.json")):
+        try:
+            report = EvalReport.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError):
+            continue
+        point = report.config.get("point") or {}
+        if report.label in seen or "weights" not in point:
+            continue
+        try:
+            want = point_settings(handle, point["weights"], suites, ctx, method)
+        except PrefvecError:  # a vector this folder's point used is gone: not ours to merge
+            continue
+        if point == want:
+            extra.append(report)
+    return [*reports, *sorted(extra, key=lambda r: r.label)]
 
 
 def grid_rows(reports: Sequence[EvalReport]) -> list[dict[str, Any]]:

@@ -330,8 +330,9 @@ class ModelHandle:
         self.loaded.model.eval()
         self.merger = ModelMerger(self.loaded.model)
         self.store_dir, self.vectors_dir = store_dir, vectors_dir
-        self.batch_size, self.max_length = batch_size, max_length
+        self.dtype, self.batch_size, self.max_length = dtype, batch_size, max_length
         self._vectors: dict[str, Any] = {}
+        self._sha256: dict[str, str] = {}
         self._service: Any = None  # one serving service over the model, shared by its targets
 
     def vector(self, ref: str) -> Any:
@@ -346,11 +347,15 @@ class ModelHandle:
             candidates = [Path(d) / f"{ref}.safetensors" for d in folders]
             path = next((c for c in candidates if c.is_file()), None)
             if path is not None:
+                from prefvec.vector_store.store import sha256_file
+
                 self._vectors[ref] = PreferenceVector.load(path)
+                self._sha256[ref] = sha256_file(path)
             elif self.store_dir:
                 from prefvec.vector_store import LocalStore
 
                 self._vectors[ref] = LocalStore(self.store_dir, base=None).get(ref)
+                self._sha256[ref] = self._vectors[ref].metadata.sha256 or ""
             else:
                 raise NotFoundError(
                     f"`weights` names vector {ref!r}: not in `vectors_dir` "
@@ -358,6 +363,11 @@ class ModelHandle:
                     field="weights",
                 )
         return self._vectors[ref]
+
+    def vector_sha256(self, ref: str) -> str:
+        """sha256 of the file ``ref`` resolves to (what a cached result was computed with)."""
+        self.vector(ref)
+        return self._sha256[ref]
 
     def target(
         self,
