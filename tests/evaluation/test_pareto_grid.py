@@ -140,3 +140,13 @@ def test_run_grid_resumes_from_points(handle, tmp_path: Path, monkeypatch) -> No
     merged = folder_points(points, again[1:], handle, RunContext(limit=2, progress=False),
                            ["hhh_helpful"], "linear")  # fmt: skip
     assert [r.label for r in merged] == ["base", "helpful=1"]
+
+
+def test_grid_points_key_on_non_zero_weights(handle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ctx = RunContext(limit=2, progress=False)
+    points = tmp_path / "points"
+    (first,) = run_grid(handle, [{"helpful": 0.0}], ["hhh_helpful"], ctx, points_dir=points)
+    assert [p.name for p in points.glob("*.json")] == ["base.json"]
+    (again,) = run_grid(handle, [{}], ["hhh_helpful"], ctx, points_dir=points)
+    assert again.wall_s == first.wall_s  # read back, not evaluated again ...
+    assert again.label == "base" and again.weights == {}  # ... under this run's label
