@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/eval/refusal-demo.json")
     p.add_argument("--markdown", default=None, help="also write the quotes as Markdown here")
     p.add_argument(
+        "--readme",
+        default=None,
+        help="also put the quotes in this README, between its prefvec-eval-table:demo markers",
+    )
+    p.add_argument(
         "--reuse-base",
         default=None,
         help="an earlier output JSON whose η = 0 row (the base: no vector) is reused, not rerun",
@@ -114,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.markdown:
         Path(args.markdown).write_text(markdown(rows, args.vector, args.quote), encoding="utf-8")
+    if args.readme:
+        from prefvec.evaluation.table import update_readme
+
+        update_readme(args.readme, markdown(rows, args.vector, args.quote), marker="demo")
     for r in rows:
         print(f"eta={r['eta']:g}", json.dumps(r["summary"]))
     return result
