@@ -150,3 +150,12 @@ def test_grid_points_key_on_non_zero_weights(handle, tmp_path: Path) -> None:  #
     (again,) = run_grid(handle, [{}], ["hhh_helpful"], ctx, points_dir=points)
     assert again.wall_s == first.wall_s  # read back, not evaluated again ...
     assert again.label == "base" and again.weights == {}  # ... under this run's label
+    (mixed,) = run_grid(handle, [{"helpful": 1.0, "concise": 0.5}], ["hhh_helpful"], ctx,
+                        points_dir=points)  # fmt: skip
+    (swapped,) = run_grid(handle, [{"concise": 0.5, "helpful": 1.0}], ["hhh_helpful"], ctx,
+                          points_dir=points)  # fmt: skip
+    assert sorted(p.name for p in points.glob("*.json")) == [
+        "base.json",
+        "concise=0.5,helpful=1.json",
+    ]
+    assert swapped.label == "concise=0.5,helpful=1" and swapped.wall_s == mixed.wall_s

@@ -61,8 +61,8 @@ def point_label(weights: dict[str, float]) -> str:
 
 
 def _nonzero_label(weights: dict[str, float]) -> str:
-    # "helpful=0,harmless=1" and "harmless=1" merge the same model: one file, one key
-    return point_label({k: v for k, v in weights.items() if v != 0})
+    # "helpful=0,harmless=1", "harmless=1" merge the same model: one file, one key (names sorted)
+    return point_label({k: weights[k] for k in sorted(weights) if weights[k] != 0})
 
 
 def _point_file(points_dir: Path, label: str) -> Path:
