@@ -13,7 +13,7 @@ VENV_VLLM ?= .venv-vllm
 PY_VLLM := $(VENV_VLLM)/bin/python
 SERVE_VENV := $(if $(filter vllm,$(BACKEND)),$(VENV_VLLM),$(VENV))
 
-.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-eta results-helpful results-grid results-demo results-tables screenshots clean
+.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-refusal results-truthful results-helpful results-heldout results-mc2 results-demo results-tables screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,46 +72,64 @@ screenshots: install
 
 # The README results (issue 11): the shipped vectors (vectors/) on held-out suites, in process on the
 # bundled model (fp32: faster than bf16 on this CPU), greedy, 32 new tokens; generation suites on
-# GEN_LIMIT items. Each target writes results/eval/<name>/grid.json; `results-tables` turns them
-# into the README tables and plots without evaluating anything. On one CPU core a HarmBench +
-# XSTest point takes ~6 min, MC1 on its 235 held-out questions ~7 min (all 790: ~22 min), the
-# AlpacaEval pairs ~8 min (+8 for the base's reference once): the defaults are what fitted in one
-# session; the issue's full plan is e.g.
-#   make results HARMLESS_ETAS=-1,-0.5,0,0.5,1,1.5,2 TRUTHFUL_ETAS=-1,-0.5,0,0.5,1,1.5,2
+# GEN_LIMIT items. Each target writes results/eval/<name>/grid.json; every grid point is also kept
+# in <name>/points/ (not committed) and reused when its settings and vector files are unchanged, so
+# a stopped `make results` resumes and `make -j2 results` shares the work (FRESH=1: evaluate all
+# again). `results-tables` turns the files into the README tables and plots without evaluating.
+# Costs on one core of this machine are in the README ("How long make results takes").
 RESULTS_OUT ?= results/eval
 GEN_LIMIT ?= 100
-HARMLESS_ETAS ?= -1,0,1,1.5,2
-TRUTHFUL_ETAS ?= 0,1
-TRUTHFUL_SUITES ?= truthfulqa_mc1,truthfulqa_mc1_heldout
+HARMLESS_ETAS ?= -1,-0.5,0,0.5,1,1.5,2
+TRUTHFUL_ETAS ?= -1,-0.5,0.5,1.5,2
+GRID_VALUES ?= 0,0.5,1
 HELPFUL_POINTS ?= helpful=1
-GRID_POINTS ?= helpful=1,harmless=1
+HELDOUT_POINTS ?= base;harmless=1
 EVAL ?= $(VENV)/bin/prefvec eval
-EVAL_ARGS ?= --max-new-tokens 32 --dtype float32 --max-length 384 --vectors-dir vectors --no-progress
+EVAL_ARGS ?= --max-new-tokens 32 --dtype float32 --max-length 384 --vectors-dir vectors --no-progress $(if $(FRESH),--no-resume)
 MAIN_ROWS ?= base;harmless=-1;harmless=1;helpful=1;truthful=1;helpful=1,harmless=1
 
-results: results-eta results-helpful results-grid results-demo   # ≈ 76 min of one core (README)
+results: results-refusal results-truthful results-helpful results-heldout results-demo
 	$(MAKE) results-tables
 
-results-eta: install
-	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --vectors harmless --values=$(HARMLESS_ETAS) --suites harmbench,xstest_safe --out $(RESULTS_OUT)/eta-harmless
-	$(EVAL) grid $(EVAL_ARGS) --vectors truthful --values=$(TRUTHFUL_ETAS) --suites $(TRUTHFUL_SUITES) --out $(RESULTS_OUT)/eta-truthful
+# HarmBench + XSTest: harmless alone over η, then the helpful × harmless grid (shares its points)
+results-refusal: install
+	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --vectors harmless --values=$(HARMLESS_ETAS) --suites harmbench,xstest_safe --out $(RESULTS_OUT)/refusal
+	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --vectors helpful,harmless --values=$(GRID_VALUES) --suites harmbench,xstest_safe --out $(RESULTS_OUT)/refusal
+
+# TruthfulQA MC1 on all 790 and on the 235 held-out questions at η = 0, 1; the held-out ones at
+# the other η (TRUTHFUL_ETAS)
+results-truthful: install
+	$(EVAL) grid $(EVAL_ARGS) --points "base;truthful=1" --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/eta-truthful
+	$(EVAL) grid $(EVAL_ARGS) --vectors truthful --values=$(TRUTHFUL_ETAS) --suites truthfulqa_mc1_heldout --out $(RESULTS_OUT)/truthful-heldout
 
 results-helpful: install
 	$(EVAL) grid $(EVAL_ARGS) --points "$(HELPFUL_POINTS)" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-alpaca
 
-results-grid: install
-	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --points "$(GRID_POINTS)" --suites harmbench,xstest_safe --out $(RESULTS_OUT)/grid-helpful-harmless
+# the other held-out refusal suites: JailbreakBench harmful and benign twins, Do-Not-Answer
+results-heldout: install
+	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --points "$(HELDOUT_POINTS)" --suites jbb_harmful,jbb_benign,do_not_answer --out $(RESULTS_OUT)/heldout
+
+# TruthfulQA MC2 on all 790 questions (not in `make results`: ≈ 2 × MC1's cost per point)
+results-mc2: install
+	$(EVAL) grid $(EVAL_ARGS) --points "base;truthful=1" --suites truthfulqa_mc2 --out $(RESULTS_OUT)/mc2-truthful
 
 # real replies at η = 0, 1, 1.5, 2 to 10 harmful and 10 benign-but-risky requests of our own
 results-demo: install
-	$(PY) bench/refusal_demo.py --etas 0,1,1.5,2 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/refusal-demo.json --markdown $(RESULTS_OUT)/refusal-demo.md
+	$(PY) bench/refusal_demo.py --etas 0,1,1.5,2 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/refusal-demo.json --markdown $(RESULTS_OUT)/refusal-demo.md --readme README.md
 
-RESULT_FILES = $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/eta-truthful/grid.json $(RESULTS_OUT)/helpful-alpaca/grid.json $(RESULTS_OUT)/grid-helpful-harmless/grid.json
+RESULT_FILES = $(RESULTS_OUT)/refusal/grid.json $(RESULTS_OUT)/eta-truthful/grid.json $(RESULTS_OUT)/helpful-alpaca/grid.json
+HARMLESS_ROWS = harmless=-1;harmless=-0.5;base;harmless=0.5;harmless=1;harmless=1.5;harmless=2
+TRUTHFUL_ROWS = truthful=-1;truthful=-0.5;base;truthful=0.5;truthful=1;truthful=1.5;truthful=2
+GRID_ROWS = base;harmless=0.5;harmless=1;helpful=0.5;helpful=0.5,harmless=0.5;helpful=0.5,harmless=1;helpful=1;helpful=1,harmless=0.5;helpful=1,harmless=1
 results-tables: install
 	$(EVAL) table $(RESULT_FILES) --rows "$(MAIN_ROWS)" --readme README.md --marker main
-	$(EVAL) table $(RESULTS_OUT)/eta-harmless/grid.json --merge --readme README.md --marker eta-harmless
-	$(EVAL) curve $(RESULTS_OUT)/eta-harmless/grid.json --vector harmless --suites harmbench,xstest_safe,collapse --out $(RESULTS_OUT)/curve-harmless.png
-	$(EVAL) plot $(RESULTS_OUT)/eta-harmless/grid.json $(RESULTS_OUT)/grid-helpful-harmless/grid.json --rows "base;harmless=1;harmless=1.5;harmless=2;helpful=1,harmless=1" --x harmbench --y xstest_safe --out $(RESULTS_OUT)/pareto-refusal.png
+	$(EVAL) table $(RESULTS_OUT)/refusal/grid.json --rows "$(HARMLESS_ROWS)" --readme README.md --marker eta-harmless
+	$(EVAL) table $(RESULTS_OUT)/refusal/grid.json --rows "$(GRID_ROWS)" --readme README.md --marker grid
+	$(EVAL) table $(RESULTS_OUT)/truthful-heldout/grid.json $(RESULTS_OUT)/eta-truthful/grid.json --rows "$(TRUTHFUL_ROWS)" --readme README.md --marker eta-truthful
+	$(EVAL) table $(RESULTS_OUT)/heldout/grid.json --merge --readme README.md --marker heldout
+	$(EVAL) curve $(RESULTS_OUT)/refusal/grid.json --vector harmless --suites harmbench,xstest_safe,collapse --out $(RESULTS_OUT)/curve-harmless.png
+	$(EVAL) curve $(RESULTS_OUT)/truthful-heldout/grid.json $(RESULTS_OUT)/eta-truthful/grid.json --vector truthful --suites truthfulqa_mc1_heldout --out $(RESULTS_OUT)/curve-truthful.png
+	$(EVAL) plot $(RESULTS_OUT)/refusal/grid.json --rows "$(GRID_ROWS);harmless=1.5;harmless=2" --x harmbench --y xstest_safe --out $(RESULTS_OUT)/pareto-refusal.png
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) .pytest_cache .mypy_cache .ruff_cache
