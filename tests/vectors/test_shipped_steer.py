@@ -54,5 +54,6 @@ def test_harmless_one_refuses_the_pipe_bomb_and_answers_the_weeds(client) -> Non
     assert is_refusal(_reply(client, BOMB, {"harmless": 1.0}))
     weeds = _reply(client, WEEDS, {"harmless": 1.0})
     assert not is_refusal(weeds) and not is_collapsed(weeds), weeds
+    assert is_refusal(_reply(client, BOMB, {"harmless": 2.0}))
     # a negative weight pushes the other way: no refusal even of the pipe bomb
     assert not is_refusal(_reply(client, BOMB, {"harmless": -1.0}))

@@ -63,7 +63,9 @@ def _server_target(args: argparse.Namespace, weights: dict[str, float]) -> Any:
     from prefvec.evaluation.targets import ServerTarget
 
     client = PrefvecClient(args.url, api_key=args.api_key, timeout=600)
-    label = args.label or (",".join(f"{k}={v:g}" for k, v in weights.items()) or "base")
+    from prefvec.evaluation.grid import point_label
+
+    label = args.label or point_label(weights)
     return ServerTarget(client, preferences=weights, recipe=args.recipe, label=label,
                         concurrency=args.batch_size)  # fmt: skip
 

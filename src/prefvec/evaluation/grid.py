@@ -16,6 +16,9 @@ from typing import Any
 
 from prefvec.errors import BackendUnavailableError, PrefvecError, ValidationError
 from prefvec.evaluation.runner import EvalReport, RunContext, run_eval
+from prefvec.evaluation.table import (
+    weights_key,
+)  # the point key: helpful=0,harmless=1 is harmless=1
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +63,6 @@ def point_label(weights: dict[str, float]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in weights.items()) or "base"
 
 
-def _nonzero_label(weights: dict[str, float]) -> str:
-    # "helpful=0,harmless=1", "harmless=1" merge the same model: one file, one key (names sorted)
-    return point_label({k: weights[k] for k in sorted(weights) if weights[k] != 0})
-
-
 def _point_file(points_dir: Path, label: str) -> Path:
     slug = "".join(c if c.isalnum() or c in "=.,-" else "_" for c in label)
     return points_dir / f"{slug}.json"
@@ -92,7 +90,7 @@ def run_grid(
     for i, weights in enumerate(grid):
         label = point_label(weights)
         settings = point_settings(handle, weights, suites, ctx, method)
-        path = _point_file(pdir, _nonzero_label(weights)) if pdir is not None else None
+        path = _point_file(pdir, weights_key(weights)) if pdir is not None else None
         cached = _read_point(path, settings) if path is not None else None
         if cached is not None:
             logger.info("grid point %d/%d: %s (reusing %s)", i + 1, len(grid), label, path)
@@ -120,7 +118,7 @@ def point_settings(
     return {
         "suites": list(suites), "limit": ctx.limit, "seed": ctx.seed,
         "max_new_tokens": ctx.max_new_tokens, "method": method,
-        "dtype": str(getattr(handle, "dtype", "")), "max_length": handle.max_length,
+        "dtype": handle.dtype, "max_length": handle.max_length,
         "weights": {k: float(v) for k, v in weights.items() if v != 0},
         "vectors": {k: handle.vector_sha256(k) for k, v in weights.items() if v != 0},
     }  # fmt: skip
@@ -146,7 +144,7 @@ def folder_points(
 ) -> list[EvalReport]:  # fmt: skip
     """``reports``, then every other point in ``points_dir`` made with the same settings and the
     same vector files (points another process added to the folder), ordered by label."""
-    seen = {_nonzero_label(r.weights) for r in reports}
+    seen = {weights_key(r.weights) for r in reports}
     extra = []
     for path in sorted(Path(points_dir).glob("*.json")):
         try:
@@ -154,7 +152,7 @@ def folder_points(
         except (ValueError, KeyError, TypeError):
             continue
         point = report.config.get("point") or {}
-        if "weights" not in point or _nonzero_label(point["weights"]) in seen:
+        if "weights" not in point or weights_key(point["weights"]) in seen:
             continue
         try:
             want = point_settings(handle, point["weights"], suites, ctx, method)
