@@ -159,3 +159,39 @@ def test_grid_points_key_on_non_zero_weights(handle, tmp_path: Path) -> None:  #
         "concise=0.5,helpful=1.json",
     ]
     assert swapped.label == "concise=0.5,helpful=1" and swapped.wall_s == mixed.wall_s
+
+
+def test_grid_json_seeds_points_on_a_fresh_clone(handle, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A committed grid.json (no points folder, as on a fresh clone) is reused where its settings
+    still match, and evaluated again where they do not."""
+    import json
+
+    import prefvec.evaluation.grid as grid_mod
+    from prefvec.evaluation.grid import seed_points, write_grid_json
+
+    ctx = RunContext(limit=2, progress=False)
+    made = run_grid(handle, [{"helpful": 1.0}, {}], ["hhh_helpful"], ctx)  # no points folder
+    grid_json = write_grid_json(made, tmp_path / "grid.json")
+    points = tmp_path / "points"
+    assert seed_points(grid_json, points) == 2
+    assert seed_points(grid_json, points) == 0  # files already there are left alone
+    assert seed_points(tmp_path / "missing.json", points) == 0
+    (tmp_path / "bad.json").write_text("{not json")
+    assert seed_points(tmp_path / "bad.json", tmp_path / "p2") == 0
+
+    calls: list[str] = []
+    real = grid_mod.run_eval
+
+    def counting(target, suites, ctx, label=None):  # type: ignore[no-untyped-def]
+        calls.append(label)
+        return real(target, suites, ctx, label=label)
+
+    monkeypatch.setattr(grid_mod, "run_eval", counting)
+    again = run_grid(handle, [{"helpful": 1.0}, {}], ["hhh_helpful"], ctx, points_dir=points)
+    assert calls == []
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in made]
+    # a grid.json made with other settings is seeded but not trusted
+    run_grid(handle, [{"helpful": 1.0}], ["hhh_helpful"], RunContext(limit=1, progress=False),
+             points_dir=points)  # fmt: skip
+    assert calls == ["helpful=1"]
+    assert json.loads((points / "helpful=1.json").read_text())["config"]["point"]["limit"] == 1

@@ -111,6 +111,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         folder_points,
         plot_pareto,
         run_grid,
+        seed_points,
         weight_grid,
         write_grid_csv,
         write_grid_json,
@@ -127,6 +128,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
     out = Path(args.out)
     handle, ctx, suites = _handle(args), _context(args), args.suites.split(",")
     points = None if args.no_resume else out / "points"
+    if points is not None:  # the committed grid.json's points are reused where still valid
+        seed_points(out / "grid.json", points)
     reports = run_grid(handle, grid, suites, ctx, method=args.method, points_dir=points)
     if points is not None:  # points other processes added to the same folder join the files
         reports = folder_points(points, reports, handle, ctx, suites, args.method)

@@ -138,6 +138,35 @@ def _read_point(path: Path, settings: dict[str, Any]) -> EvalReport | None:
     return report
 
 
+def seed_points(grid_json: str | Path, points_dir: str | Path) -> int:
+    """Copy each point of an earlier ``grid.json`` into ``points_dir`` where that folder has no
+    file for it yet, so that a fresh clone reuses the committed results: a seeded point is read
+    back only when its settings and vector hashes match (see :func:`run_grid`), else evaluated
+    again. Returns how many points were seeded."""
+    path, pdir = Path(grid_json), Path(points_dir)
+    if not path.is_file():
+        return 0
+    try:
+        reports = [EvalReport.from_dict(d) for d in json.loads(path.read_text())]
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("%s is unreadable (%s): not reusing its points", path, exc)
+        return 0
+    n = 0
+    for report in reports:
+        point = report.config.get("point") or {}
+        if "weights" not in point:
+            continue
+        target = _point_file(pdir, weights_key(point["weights"]))
+        if target.exists():
+            continue
+        pdir.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report.to_dict(), indent=1, default=str))
+        tmp.replace(target)
+        n += 1
+    return n
+
+
 def folder_points(
     points_dir: str | Path, reports: Sequence[EvalReport], handle: Any, ctx: RunContext,
     suites: Sequence[str], method: str,
