@@ -195,3 +195,26 @@ def test_grid_json_seeds_points_on_a_fresh_clone(handle, tmp_path: Path, monkeyp
              points_dir=points)  # fmt: skip
     assert calls == ["helpful=1"]
     assert json.loads((points / "helpful=1.json").read_text())["config"]["point"]["limit"] == 1
+
+
+def test_pair_suite_scores_the_base_once(handle, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """At the base point the policy is the reference: its pairs are scored once, the reward
+    margin is exactly 0 (every pair a tie, accuracy ½), and the cache serves later points."""
+    from prefvec.evaluation.targets import InProcessTarget
+
+    scored: list[int] = []
+    real = InProcessTarget.logprobs
+
+    def counting(self, requests):  # type: ignore[no-untyped-def]
+        scored.append(len(requests))
+        return real(self, requests)
+
+    monkeypatch.setattr(InProcessTarget, "logprobs", counting)
+    ctx = RunContext(limit=3, progress=False)
+    base, plus = run_grid(handle, [{}, {"helpful": 1.0}], ["hh_rlhf_pairs"], ctx)
+    n = base.metrics[0].n
+    assert sum(scored) == 2 * n + 2 * n  # base once (as its own reference), then helpful=1
+    assert base.metrics[0].value == 0.5
+    assert plus.metrics[0].value != 0.5 or any(
+        r["policy"] != r["reference"] for r in plus.items["hh_rlhf_pairs"]
+    )

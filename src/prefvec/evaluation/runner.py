@@ -200,15 +200,19 @@ def run_pairs(
     target: Any, suite: Suite, items: Sequence[Any], ctx: RunContext
 ) -> tuple[Metric, list]:
     requests = [(it.messages, y) for it in items for y in (it.chosen, it.rejected)]
-    policy = _chunked(target.logprobs, requests, suite.name, ctx.progress)
     keys = [(suite.name, it.id, j) for it in items for j in (0, 1)]
+    is_reference = bool(getattr(target, "is_reference", False))
+    if not is_reference:
+        policy = _chunked(target.logprobs, requests, suite.name, ctx.progress)
     missing = [i for i, k in enumerate(keys) if k not in ctx.reference_cache]
-    if missing:
+    if missing:  # the base model is its own reference: scored once, not twice
         with target.reference() as ref:
             got = _chunked(ref.logprobs, [requests[i] for i in missing], f"{suite.name} (ref)",
                            ctx.progress)  # fmt: skip
         ctx.reference_cache.update({keys[i]: v for i, v in zip(missing, got, strict=True)})
     reference = [ctx.reference_cache[k] for k in keys]
+    if is_reference:
+        policy = reference
     records, outcomes = [], []
     for i, it in enumerate(items):
         o = pair_outcome(

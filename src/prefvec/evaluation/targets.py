@@ -124,6 +124,11 @@ class InProcessTarget:
                 out[i] = v
         return out
 
+    @property
+    def is_reference(self) -> bool:
+        """True when this target is the base model itself (its log-probs are the reference's)."""
+        return self.merger is None or not self._delta
+
     @contextmanager
     def reference(self) -> Iterator[InProcessTarget]:
         """Temporarily the base model (bit-exact restore), then the merge again."""
@@ -290,6 +295,11 @@ class ServerTarget:
         scores = [v for got in self._map(self._score, batches) for v in got]
         self._memo.update(zip(todo, scores, strict=True))
         return [self._memo[k] for k in keys]
+
+    @property
+    def is_reference(self) -> bool:
+        """True when requests go to the server's base model (no preferences, recipe or model)."""
+        return not any(self.preferences.values()) and self.recipe is None and self.model is None
 
     @contextmanager
     def reference(self) -> Iterator[ServerTarget]:
