@@ -82,7 +82,7 @@ GEN_LIMIT ?= 100
 HARMLESS_ETAS ?= -1,-0.5,0,0.5,1,1.5,2
 TRUTHFUL_ETAS ?= -1,-0.5,0.5,1.5,2
 GRID_VALUES ?= 0,0.5,1
-HELPFUL_POINTS ?= helpful=1
+HELPFUL_ETAS ?= -1,-0.5,0,0.5,1,1.5,2
 HELDOUT_POINTS ?= base;harmless=1
 EVAL ?= $(VENV)/bin/prefvec eval
 EVAL_ARGS ?= --max-new-tokens 32 --dtype float32 --max-length 384 --vectors-dir vectors --no-progress $(if $(FRESH),--no-resume)
@@ -102,8 +102,11 @@ results-truthful: install
 	$(EVAL) grid $(EVAL_ARGS) --points "base;truthful=1" --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/eta-truthful
 	$(EVAL) grid $(EVAL_ARGS) --vectors truthful --values=$(TRUTHFUL_ETAS) --suites truthfulqa_mc1_heldout --out $(RESULTS_OUT)/truthful-heldout
 
+# held-out AlpacaEval pair accuracy by implicit reward: helpful alone over η, then the
+# helpful × harmless grid (for the helpfulness-vs-refusal Pareto plot; shares the η points)
 results-helpful: install
-	$(EVAL) grid $(EVAL_ARGS) --points "$(HELPFUL_POINTS)" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-alpaca
+	$(EVAL) grid $(EVAL_ARGS) --vectors helpful --values=$(HELPFUL_ETAS) --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-alpaca
+	$(EVAL) grid $(EVAL_ARGS) --vectors helpful,harmless --values=$(GRID_VALUES) --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-alpaca
 
 # the other held-out refusal suites: JailbreakBench harmful and benign twins, Do-Not-Answer
 results-heldout: install

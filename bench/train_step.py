@@ -6,8 +6,14 @@ sigmoid DPO loss: policy forward on chosen + rejected, reference forward (no gra
 AdamW. The RACO case times RACO (K = 2, c = 0.4) and weighted-sum DPO on the same batch in one
 process, and reports their ratio (target ≤ 1.8).
 
+The ``trl-*`` cases run the path the shipped vectors are trained on (``prefvec.training.dpo``,
+TRL's DPOTrainer, the recipe of ``--config``) for ``--trl-steps`` steps and then score the
+held-out pairs, so that LoRA (adapter-off reference), LoRA with precomputed reference
+log-probs and full fine-tuning compare on learning per second, not only on seconds.
+
     python bench/train_step.py                  # bundled SmolLM2-135M, CPU or CUDA
     python bench/train_step.py --quick          # tiny model, seconds (smoke test)
+    python bench/train_step.py --cases trl-lora trl-lora-precomputed trl-full
 
 Writes ``--out`` (JSON) and prints a Markdown table.
 """
@@ -68,8 +74,52 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+TRL_CASES = {  # the path the shipped vectors train on: prefvec.training.dpo (TRL DPOTrainer)
+    "trl-lora": {"use_lora": True, "precompute_ref_log_probs": False},
+    "trl-lora-precomputed": {"use_lora": True, "precompute_ref_log_probs": True},
+    "trl-full": {"use_lora": False, "precompute_ref_log_probs": False},
+}
+
+
+def run_trl_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``--trl-steps`` steps of the shipped recipe (``--config``) through TRL, one epoch over
+    that many batches, then the held-out DPO reward accuracy on the config's validation pairs:
+    the learning that the wall time bought. LoRA's reference is the adapter switched off (one
+    model in memory); full fine-tuning keeps a frozen copy; ``precomputed`` scores the reference
+    once before training (its cost is inside the wall time)."""
+    from prefvec.models import resolve_model_dir
+    from prefvec.training.config import DPOJobConfig, build_config, load_yaml
+    from prefvec.training.dpo import prepare_pairs, train_dpo_run
+
+    values = {**load_yaml(args.config), **TRL_CASES[case]}
+    values.update(steps=args.trl_steps, max_val_pairs=args.val_pairs, resume=False,
+                  progress=False, logging_steps=1, save_steps=10**6,
+                  device=args.device)  # fmt: skip
+    if case == "trl-full":
+        values["learning_rate"] = args.full_lr
+    if args.quick:
+        values.update(max_length=64, max_prompt_length=32, batch_size=2)
+    cfg = build_config(DPOJobConfig, values)
+    model_dir = Path(args.model_dir) if args.model_dir else resolve_model_dir(cfg.base)
+    train, val, _ = prepare_pairs(cfg, cfg.preference)
+    train = train[: cfg.steps * cfg.batch_size]
+    with tempfile.TemporaryDirectory(prefix="prefvec-bench-trl-") as tmp:
+        run = train_dpo_run(model_dir, train, val, cfg, Path(tmp) / "run")
+    acc = run.eval.get("reward_accuracy")
+    return {
+        "case": case, "steps": cfg.steps, "batch_size": cfg.batch_size,
+        "max_length": cfg.max_length, "learning_rate": cfg.learning_rate,
+        "train_wall_s": run.wall_s, "dpo_step_s": run.wall_s / cfg.steps,
+        "val_pairs": len(val), "val_reward_accuracy": acc,
+        "val_reward_margin": run.eval.get("reward_margin"), "peak_mem_mb": _peak_mb(),
+    }  # fmt: skip
+
+
 def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One case in this process: ``full``, ``lora`` (DPO, K = 1) or ``raco`` (K = 2, ratio)."""
+    """One case in this process: ``full``, ``lora`` (DPO, K = 1), ``raco`` (K = 2, ratio) or
+    one of :data:`TRL_CASES`."""
+    if case in TRL_CASES:
+        return run_trl_case(case, args)
     import torch
 
     from prefvec.models import resolve_model_dir
@@ -117,6 +167,8 @@ def _table(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "| case | trainable params | step (s) | peak memory (MB) | note |",
         "|---|---:|---:|---:|---|",
     ]
+    trl = [r for r in results if r["case"] in TRL_CASES]
+    results = [r for r in results if r["case"] not in TRL_CASES]
     for r in results:
         if r["case"] == "raco":
             lines.append(
@@ -132,6 +184,24 @@ def _table(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"| DPO {r['case']} | {r['trainable_params']:,} | {r['dpo_step_s']:.3f} | "
                 f"{r['peak_mem_mb']:.0f} | |"
             )
+    if trl:
+        lines += [
+            "",
+            f"TRL DPO (the shipped recipe, {meta['config']}): {trl[0]['steps']} steps × "
+            f"{trl[0]['batch_size']} pairs, max_length {trl[0]['max_length']}, then held-out "
+            "reward accuracy",
+            "",
+            "| case | lr | step (s) | held-out reward accuracy | mean margin | peak memory (MB) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in trl:
+            acc = r["val_reward_accuracy"]
+            margin = r["val_reward_margin"]
+            lines.append(
+                f"| {r['case']} | {r['learning_rate']:g} | {r['dpo_step_s']:.2f} | "
+                f"{'—' if acc is None else f'{acc:.3f}'} (n = {r['val_pairs']}) | "
+                f"{'—' if margin is None else f'{margin:+.3f}'} | {r['peak_mem_mb']:.0f} |"
+            )
     return "\n".join(lines)
 
 
@@ -146,7 +216,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj"])
-    p.add_argument("--cases", nargs="+", default=["lora", "full", "raco"])
+    p.add_argument("--cases", nargs="+", default=["lora", "full", "raco"],
+                   choices=["lora", "full", "raco", *TRL_CASES])  # fmt: skip
+    p.add_argument("--config", default="vectors/configs/harmless.yaml",
+                   help="the recipe the trl-* cases run")  # fmt: skip
+    p.add_argument("--trl-steps", type=int, default=10, help="steps of each trl-* case")
+    p.add_argument("--val-pairs", type=int, default=120, help="held-out pairs of each trl-* case")
+    p.add_argument("--full-lr", type=float, default=1e-5,
+                   help="learning rate of trl-full (LoRA keeps the config's)")  # fmt: skip
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default="out/bench/train_step.json")
     return p.parse_args(argv)
@@ -176,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.model_dir:
             cmd += ["--model-dir", args.model_dir]
         if args.quick:
-            cmd += ["--steps", "2", "--max-length", "64", "--lora-targets", "q_proj", "v_proj"]
+            cmd += ["--steps", "2", "--max-length", "64", "--lora-targets", "q_proj", "v_proj",
+                    "--trl-steps", "2", "--val-pairs", "4"]  # fmt: skip
         proc = subprocess.run(
             cmd, capture_output=True, text=True, env=os.environ.copy(), check=False
         )
@@ -194,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size, "max_length": args.max_length, "lora_r": args.lora_r,
         "lora_targets": args.lora_targets, "steps_timed": args.steps, "torch": torch.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "config": args.config,
     }  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

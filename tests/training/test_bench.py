@@ -23,3 +23,22 @@ def test_train_step_bench_quick(tmp_path: Path) -> None:
     assert cases["full"]["trainable_params"] > cases["lora"]["trainable_params"] > 0
     assert cases["lora"]["dpo_step_s"] > 0 and cases["raco"]["raco_ratio"] > 0
     assert "| RACO (K=2" in proc.stdout
+
+
+def test_train_step_bench_trl_cases_quick(tmp_path: Path) -> None:
+    """The trl-* cases train through prefvec.training.dpo and score held-out pairs."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench/train_step.py"), "--quick", "--out", str(out),
+         "--cases", "trl-lora", "trl-lora-precomputed", "trl-full"],
+        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cases = {r["case"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(cases) == {"trl-lora", "trl-lora-precomputed", "trl-full"}
+    for r in cases.values():
+        assert r["steps"] == 2 and r["dpo_step_s"] > 0 and r["val_pairs"] == 4
+        assert 0.0 <= r["val_reward_accuracy"] <= 1.0
+    assert cases["trl-full"]["learning_rate"] == 1e-5
+    assert cases["trl-lora"]["learning_rate"] == 0.002  # the config's
+    assert "| trl-lora-precomputed |" in proc.stdout
