@@ -13,7 +13,7 @@ VENV_VLLM ?= .venv-vllm
 PY_VLLM := $(VENV_VLLM)/bin/python
 SERVE_VENV := $(if $(filter vllm,$(BACKEND)),$(VENV_VLLM),$(VENV))
 
-.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-refusal results-truthful results-helpful results-heldout results-mc2 results-demo results-tables screenshots clean
+.PHONY: install install-vllm serve test test-vllm test-slow style quality bench results results-refusal results-truthful results-helpful results-heldout results-mc2 results-compare vectors-compare results-demo results-tables screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,7 +85,8 @@ GRID_VALUES ?= 0,0.5,1
 HELPFUL_ETAS ?= -1,-0.5,0,0.5,1,1.5,2
 HELDOUT_POINTS ?= base;harmless=1
 EVAL ?= $(VENV)/bin/prefvec eval
-EVAL_ARGS ?= --max-new-tokens 32 --dtype float32 --max-length 384 --vectors-dir vectors --no-progress $(if $(FRESH),--no-resume)
+VECTORS_DIRS ?= vectors,results/vectors
+EVAL_ARGS ?= --max-new-tokens 32 --dtype float32 --max-length 384 --vectors-dir $(VECTORS_DIRS) --no-progress $(if $(FRESH),--no-resume)
 MAIN_ROWS ?= base;harmless=-1;harmless=1;helpful=1;truthful=1;helpful=1,harmless=1
 
 results: results-refusal results-truthful results-helpful results-heldout results-demo
@@ -112,6 +113,14 @@ results-helpful: install
 results-heldout: install
 	$(EVAL) grid $(EVAL_ARGS) --limit $(GEN_LIMIT) --points "$(HELDOUT_POINTS)" --suites jbb_harmful,jbb_benign,do_not_answer --out $(RESULTS_OUT)/heldout
 
+# comparison rows (issue 11): a vector that differs from a shipped one in one thing only,
+# trained by `make vectors-compare` into results/vectors/ (see results/vectors/README.md)
+results-compare: install
+	$(EVAL) grid $(EVAL_ARGS) --points "truthful-contrast=1" --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/eta-truthful
+
+vectors-compare: install
+	$(VENV)/bin/prefvec train dpo --config results/configs/truthful-contrast.yaml
+
 # TruthfulQA MC2 on all 790 questions (not in `make results`: ≈ 2 × MC1's cost per point)
 results-mc2: install
 	$(EVAL) grid $(EVAL_ARGS) --points "base;truthful=1" --suites truthfulqa_mc2 --out $(RESULTS_OUT)/mc2-truthful
@@ -120,8 +129,9 @@ results-mc2: install
 results-demo: install
 	$(PY) bench/refusal_demo.py --etas 0,1,1.5,2 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/refusal-demo.json --markdown $(RESULTS_OUT)/refusal-demo.md --readme README.md
 
-RESULT_FILES = $(RESULTS_OUT)/refusal/grid.json $(RESULTS_OUT)/eta-truthful/grid.json $(RESULTS_OUT)/helpful-alpaca/grid.json
+RESULT_FILES = $(RESULTS_OUT)/refusal/grid.json $(RESULTS_OUT)/eta-truthful/grid.json $(RESULTS_OUT)/mc2-truthful/grid.json $(RESULTS_OUT)/helpful-alpaca/grid.json
 HARMLESS_ROWS = harmless=-1;harmless=-0.5;base;harmless=0.5;harmless=1;harmless=1.5;harmless=2
+HELPFUL_ROWS = helpful=-1;helpful=-0.5;base;helpful=0.5;helpful=1;helpful=1.5;helpful=2
 TRUTHFUL_ROWS = truthful=-1;truthful=-0.5;base;truthful=0.5;truthful=1;truthful=1.5;truthful=2
 GRID_ROWS = base;harmless=0.5;harmless=1;helpful=0.5;helpful=0.5,harmless=0.5;helpful=0.5,harmless=1;helpful=1;helpful=1,harmless=0.5;helpful=1,harmless=1
 results-tables: install
@@ -130,6 +140,10 @@ results-tables: install
 	$(EVAL) table $(RESULTS_OUT)/refusal/grid.json --rows "$(GRID_ROWS)" --readme README.md --marker grid
 	$(EVAL) table $(RESULTS_OUT)/truthful-heldout/grid.json $(RESULTS_OUT)/eta-truthful/grid.json --rows "$(TRUTHFUL_ROWS)" --readme README.md --marker eta-truthful
 	$(EVAL) table $(RESULTS_OUT)/heldout/grid.json --merge --readme README.md --marker heldout
+	$(EVAL) table $(RESULTS_OUT)/helpful-alpaca/grid.json --rows "$(HELPFUL_ROWS)" --readme README.md --marker eta-helpful
+	$(EVAL) table $(RESULTS_OUT)/refusal/grid.json $(RESULTS_OUT)/helpful-alpaca/grid.json --rows "$(GRID_ROWS)" --readme README.md --marker grid-helpful
+	$(EVAL) curve $(RESULTS_OUT)/helpful-alpaca/grid.json --vector helpful --suites alpaca_pairs --out $(RESULTS_OUT)/curve-helpful.png
+	$(EVAL) plot $(RESULTS_OUT)/refusal/grid.json $(RESULTS_OUT)/helpful-alpaca/grid.json --rows "$(GRID_ROWS)" --x harmbench --y alpaca_pairs --out $(RESULTS_OUT)/pareto-helpful.png
 	$(EVAL) curve $(RESULTS_OUT)/refusal/grid.json --vector harmless --suites harmbench,xstest_safe,collapse --out $(RESULTS_OUT)/curve-harmless.png
 	$(EVAL) curve $(RESULTS_OUT)/truthful-heldout/grid.json $(RESULTS_OUT)/eta-truthful/grid.json --vector truthful --suites truthfulqa_mc1_heldout --out $(RESULTS_OUT)/curve-truthful.png
 	$(EVAL) plot $(RESULTS_OUT)/refusal/grid.json --rows "$(GRID_ROWS);harmless=1.5;harmless=2" --x harmbench --y xstest_safe --out $(RESULTS_OUT)/pareto-refusal.png
