@@ -141,9 +141,7 @@ results-tables: install
 	$(EVAL) table $(RESULTS_OUT)/truthful-heldout/grid.json $(RESULTS_OUT)/eta-truthful/grid.json --rows "$(TRUTHFUL_ROWS)" --readme README.md --marker eta-truthful
 	$(EVAL) table $(RESULTS_OUT)/heldout/grid.json --merge --readme README.md --marker heldout
 	$(EVAL) table $(RESULTS_OUT)/helpful-alpaca/grid.json --rows "$(HELPFUL_ROWS)" --readme README.md --marker eta-helpful
-	$(EVAL) table $(RESULTS_OUT)/refusal/grid.json $(RESULTS_OUT)/helpful-alpaca/grid.json --rows "$(GRID_ROWS)" --readme README.md --marker grid-helpful
 	$(EVAL) curve $(RESULTS_OUT)/helpful-alpaca/grid.json --vector helpful --suites alpaca_pairs --out $(RESULTS_OUT)/curve-helpful.png
-	$(EVAL) plot $(RESULTS_OUT)/refusal/grid.json $(RESULTS_OUT)/helpful-alpaca/grid.json --rows "$(GRID_ROWS)" --x harmbench --y alpaca_pairs --out $(RESULTS_OUT)/pareto-helpful.png
 	$(EVAL) curve $(RESULTS_OUT)/refusal/grid.json --vector harmless --suites harmbench,xstest_safe,collapse --out $(RESULTS_OUT)/curve-harmless.png
 	$(EVAL) curve $(RESULTS_OUT)/truthful-heldout/grid.json $(RESULTS_OUT)/eta-truthful/grid.json --vector truthful --suites truthfulqa_mc1_heldout --out $(RESULTS_OUT)/curve-truthful.png
 	$(EVAL) plot $(RESULTS_OUT)/refusal/grid.json --rows "$(GRID_ROWS);harmless=1.5;harmless=2" --x harmbench --y xstest_safe --out $(RESULTS_OUT)/pareto-refusal.png
