@@ -107,16 +107,9 @@ def test_plot_curve_orders_by_weight_and_refuses_missing_suites(tmp_path: Path) 
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_run_grid_resumes_from_points(handle, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def _count_evals(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """The labels of the grid points run_grid evaluates (rather than reads back), in order."""
     import prefvec.evaluation.grid as grid_mod
-    from prefvec.evaluation.grid import folder_points
-
-    ctx = RunContext(limit=3, progress=False)
-    points = tmp_path / "points"
-    first = run_grid(handle, [{"helpful": 1.0}], ["hhh_helpful"], ctx, points_dir=points)
-    assert (points / "helpful=1.json").is_file() and not list(points.glob("*.tmp"))
-    # a second process adds another point to the same folder
-    run_grid(handle, [{"helpful": -1.0}], ["hhh_helpful"], ctx, points_dir=points)
 
     calls: list[str] = []
     real = grid_mod.run_eval
@@ -126,6 +119,20 @@ def test_run_grid_resumes_from_points(handle, tmp_path: Path, monkeypatch) -> No
         return real(target, suites, ctx, label=label)
 
     monkeypatch.setattr(grid_mod, "run_eval", counting)
+    return calls
+
+
+def test_run_grid_resumes_from_points(handle, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from prefvec.evaluation.grid import folder_points
+
+    ctx = RunContext(limit=3, progress=False)
+    points = tmp_path / "points"
+    first = run_grid(handle, [{"helpful": 1.0}], ["hhh_helpful"], ctx, points_dir=points)
+    assert (points / "helpful=1.json").is_file() and not list(points.glob("*.tmp"))
+    # a second process adds another point to the same folder
+    run_grid(handle, [{"helpful": -1.0}], ["hhh_helpful"], ctx, points_dir=points)
+
+    calls = _count_evals(monkeypatch)
     again = run_grid(handle, [{"helpful": 1.0}, {}], ["hhh_helpful"], ctx, points_dir=points)
     assert calls == ["base"]  # helpful=1 was read back, not evaluated again
     assert again[0].to_dict() == first[0].to_dict()
@@ -166,7 +173,6 @@ def test_grid_json_seeds_points_on_a_fresh_clone(handle, tmp_path: Path, monkeyp
     still match, and evaluated again where they do not."""
     import json
 
-    import prefvec.evaluation.grid as grid_mod
     from prefvec.evaluation.grid import seed_points, write_grid_json
 
     ctx = RunContext(limit=2, progress=False)
@@ -179,14 +185,7 @@ def test_grid_json_seeds_points_on_a_fresh_clone(handle, tmp_path: Path, monkeyp
     (tmp_path / "bad.json").write_text("{not json")
     assert seed_points(tmp_path / "bad.json", tmp_path / "p2") == 0
 
-    calls: list[str] = []
-    real = grid_mod.run_eval
-
-    def counting(target, suites, ctx, label=None):  # type: ignore[no-untyped-def]
-        calls.append(label)
-        return real(target, suites, ctx, label=label)
-
-    monkeypatch.setattr(grid_mod, "run_eval", counting)
+    calls = _count_evals(monkeypatch)
     again = run_grid(handle, [{"helpful": 1.0}, {}], ["hhh_helpful"], ctx, points_dir=points)
     assert calls == []
     assert [r.to_dict() for r in again] == [r.to_dict() for r in made]

@@ -102,10 +102,7 @@ def run_grid(
         report = run_eval(target, suites, ctx, label=label)
         report.config["point"] = settings
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(report.to_dict(), indent=1, default=str))
-            tmp.replace(path)  # atomic: a stopped run never leaves half a point behind
+            _write_point(path, report)
         reports.append(report)
     handle.merger.restore()
     return reports
@@ -122,6 +119,13 @@ def point_settings(
         "weights": {k: float(v) for k, v in weights.items() if v != 0},
         "vectors": {k: handle.vector_sha256(k) for k, v in weights.items() if v != 0},
     }  # fmt: skip
+
+
+def _write_point(path: Path, report: EvalReport) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=1, default=str))
+    tmp.replace(path)  # atomic: a stopped run never leaves half a point behind
 
 
 def _read_point(path: Path, settings: dict[str, Any]) -> EvalReport | None:
@@ -157,13 +161,9 @@ def seed_points(grid_json: str | Path, points_dir: str | Path) -> int:
         if "weights" not in point:
             continue
         target = _point_file(pdir, weights_key(point["weights"]))
-        if target.exists():
-            continue
-        pdir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report.to_dict(), indent=1, default=str))
-        tmp.replace(target)
-        n += 1
+        if not target.exists():
+            _write_point(target, report)
+            n += 1
     return n
 
 

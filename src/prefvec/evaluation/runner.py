@@ -201,18 +201,16 @@ def run_pairs(
 ) -> tuple[Metric, list]:
     requests = [(it.messages, y) for it in items for y in (it.chosen, it.rejected)]
     keys = [(suite.name, it.id, j) for it in items for j in (0, 1)]
-    is_reference = bool(getattr(target, "is_reference", False))
-    if not is_reference:
-        policy = _chunked(target.logprobs, requests, suite.name, ctx.progress)
     missing = [i for i, k in enumerate(keys) if k not in ctx.reference_cache]
-    if missing:  # the base model is its own reference: scored once, not twice
+    if missing:
         with target.reference() as ref:
             got = _chunked(ref.logprobs, [requests[i] for i in missing], f"{suite.name} (ref)",
                            ctx.progress)  # fmt: skip
         ctx.reference_cache.update({keys[i]: v for i, v in zip(missing, got, strict=True)})
     reference = [ctx.reference_cache[k] for k in keys]
-    if is_reference:
-        policy = reference
+    # the base model is its own reference: scored once, not twice
+    policy = (reference if getattr(target, "is_reference", False)
+              else _chunked(target.logprobs, requests, suite.name, ctx.progress))  # fmt: skip
     records, outcomes = [], []
     for i, it in enumerate(items):
         o = pair_outcome(

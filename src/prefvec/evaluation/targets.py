@@ -132,7 +132,7 @@ class InProcessTarget:
     @contextmanager
     def reference(self) -> Iterator[InProcessTarget]:
         """Temporarily the base model (bit-exact restore), then the merge again."""
-        if self.merger is None or not self._delta:
+        if self.is_reference:
             yield self
             return
         self.merger.restore()
