@@ -122,8 +122,10 @@ def test_cli_data_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_committed_set_matches_its_manifest() -> None:
     import hashlib
 
-    path = ROOT / "data" / "refusal" / "refusal_v3.jsonl"
-    manifest = json.loads(path.with_name("refusal_v3.manifest.json").read_text())
+    from prefvec.training.refusal.templates import DEFAULT_VERSION
+
+    path = ROOT / "data" / "refusal" / f"{DEFAULT_VERSION}.jsonl"
+    manifest = json.loads(path.with_name(f"{DEFAULT_VERSION}.manifest.json").read_text())
     assert hashlib.sha256(path.read_bytes()).hexdigest() == manifest["sha256"]
     tpl = load_templates(manifest["templates"]["version"])
     assert tpl.sha256 == manifest["templates"]["sha256"]
@@ -198,6 +200,16 @@ def test_reused_replies_rebuild_the_same_set(tmp_path: Path) -> None:
     a = build_refusal_set(RefusalDataConfig(out=str(first), n_alpaca=5), generate=fake_generator)
     again = RefusalDataConfig(out=str(tmp_path / "again.jsonl"), n_alpaca=5,
                               reuse_replies=str(first))  # fmt: skip
-    b = build_refusal_set(again)
-    assert a["sha256"] == b["sha256"]  # the declined first prompt falls back the same way
+    asked: list[str] = []
+
+    def counting(prompts: Sequence[str]) -> list[str]:
+        asked.extend(prompts)
+        return fake_generator(prompts)
+
+    b = build_refusal_set(again, generate=counting)
+    assert a["sha256"] == b["sha256"]
+    # only the prompt the first build has no reply for (the declined first one) is generated
+    assert len(asked) == 1
     assert reused_replies(str(first))(["never seen"]) == [""]
+    made = reused_replies(str(first), lambda: counting)(["never seen", "never seen"])
+    assert asked[-1] == "never seen" and len(asked) == 2 and len(made) == 2

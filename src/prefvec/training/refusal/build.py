@@ -52,7 +52,7 @@ class RefusalDataConfig:
     """Settings of ``prefvec data refusal`` (each field is a flag)."""
 
     out: str = field(
-        default="data/refusal/refusal_v3.jsonl", metadata=_h("JSONL to write (manifest beside).")
+        default="data/refusal/refusal_v4.jsonl", metadata=_h("JSONL to write (manifest beside).")
     )
     template_version: str = field(default=DEFAULT_VERSION, metadata=_h("Template file version."))
     seed: int = field(default=0, metadata=_h("Seed of the opening choice and subsampling."))
@@ -196,7 +196,8 @@ def build_rows(
             raise ValidationError("`responses` self needs a generator", field="responses")
         mine = [p for p in prompts if p.kind in cfg.self_kinds]
         replies = generate([p.text for p in mine]) if mine else []
-        # replies reused from an earlier set were tidied when it was built
+        # replies reused from an earlier set were tidied when it was built (tidy is not
+        # idempotent: a cut at a line break can be cut again); reused_replies tidies new ones
         own = {
             p.id: r if cfg.reuse_replies else tidy(r) for p, r in zip(mine, replies, strict=True)
         }
@@ -254,11 +255,17 @@ def _row(p: S.SourcePrompt, chosen: str, rejected: str, c_how: str, r_how: str) 
     }
 
 
-def reused_replies(path: str) -> Generate:
+def reused_replies(path: str, fallback: Callable[[], Generate] | None = None) -> Generate:
     """A generator that answers from an earlier set's self-generated replies (by prompt text):
-    a harmful row's *rejected*, a benign row's *chosen*. A prompt it has none for gets ``""``,
-    which the builder treats like a declined reply (AdvBench target / reference / skipped) —
-    exactly what that earlier build did with it."""
+    a harmful row's *rejected*, a benign row's *chosen*.
+
+    Args:
+        fallback: makes the generator for prompts the earlier set has no reply for (new
+            prompts of a later template version; made only when there are some). Without it
+            such a prompt gets ``""``, which the builder treats like a declined reply
+            (AdvBench target / reference / skipped) — exactly what that earlier build did with
+            a prompt the model declined. Its replies are tidied as a fresh build's are.
+    """
     known: dict[str, str] = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
@@ -270,6 +277,10 @@ def reused_replies(path: str) -> Generate:
             known[row["prompt"]] = row[side]
 
     def generate(prompts: Sequence[str]) -> list[str]:
+        new = sorted({p for p in prompts if p not in known})
+        if new and fallback is not None:
+            logger.info("%d prompts have no earlier reply: generating them", len(new))
+            known.update(zip(new, map(tidy, fallback()(new)), strict=True))
         return [known.get(p, "") for p in prompts]
 
     return generate
@@ -313,14 +324,19 @@ def build_refusal_set(cfg: RefusalDataConfig, generate: Generate | None = None) 
 
     Args:
         cfg: the settings.
-        generate: self-generation function (default: the base model in process).
+        generate: self-generation function (default: the base model in process); with
+            ``cfg.reuse_replies`` it answers only the prompts the earlier set has no reply for.
     """
     from prefvec.training.dpo import library_versions
 
     tpl = load_templates(cfg.template_version)
     prompts, dropped = collect_prompts(cfg, tpl)
-    if cfg.responses == "self" and generate is None:
-        generate = reused_replies(cfg.reuse_replies) if cfg.reuse_replies else model_generator(cfg)
+    if cfg.responses == "self":
+        fresh = generate
+        if cfg.reuse_replies:
+            generate = reused_replies(cfg.reuse_replies, lambda: fresh or model_generator(cfg))
+        elif fresh is None:
+            generate = model_generator(cfg)
     rows, skipped = build_rows(prompts, tpl, cfg, generate)
     rows, close = drop_close_rephrasings(rows, tpl, cfg)
     dropped.update(close)

@@ -17,7 +17,7 @@ from typing import Any
 from prefvec.errors import NotFoundError, ValidationError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
-DEFAULT_VERSION = "refusal_v3"
+DEFAULT_VERSION = "refusal_v4"
 
 
 @dataclass(frozen=True)
