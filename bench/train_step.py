@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -102,7 +103,9 @@ def run_trl_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
     cfg = build_config(DPOJobConfig, values)
     model_dir = Path(args.model_dir) if args.model_dir else resolve_model_dir(cfg.base)
     train, val, _ = prepare_pairs(cfg, cfg.preference)
-    train = train[: cfg.steps * cfg.batch_size]
+    # a seeded sample, not the first pairs: the sets are ordered by kind (the refusal set lists
+    # its harmful requests first), and a slice of one kind teaches a one-sided rule
+    train = random.Random(cfg.seed).sample(train, min(len(train), cfg.steps * cfg.batch_size))
     with tempfile.TemporaryDirectory(prefix="prefvec-bench-trl-") as tmp:
         run = train_dpo_run(model_dir, train, val, cfg, Path(tmp) / "run")
     acc = run.eval.get("reward_accuracy")
