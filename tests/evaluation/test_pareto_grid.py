@@ -196,6 +196,27 @@ def test_grid_json_seeds_points_on_a_fresh_clone(handle, tmp_path: Path, monkeyp
     assert json.loads((points / "helpful=1.json").read_text())["config"]["point"]["limit"] == 1
 
 
+def test_keep_earlier_keeps_other_runs_points_while_their_vectors_match(handle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A run on one point keeps the earlier grid.json's other points, drops those made with a
+    vector file that has changed, and keeps those from before hashes were recorded."""
+    from prefvec.evaluation.grid import keep_earlier, write_grid_json
+
+    ctx = RunContext(limit=2, progress=False)
+    points = tmp_path / "points"
+    made = run_grid(handle, [{"helpful": 1.0}, {}, {"helpful": 0.5}, {"helpful": -1.0}],
+                    ["hhh_helpful"], ctx, points_dir=points)  # fmt: skip
+    made[2].config["point"]["vectors"]["helpful"] = "0" * 64  # made with another helpful file
+    del made[3].config["point"]  # a point from before settings were recorded
+    grid_json = write_grid_json(made, tmp_path / "grid.json")
+    (again,) = run_grid(handle, [{}], ["hhh_helpful"], RunContext(limit=1, progress=False))
+    kept = keep_earlier(grid_json, [again], handle)
+    assert [r.label for r in kept] == ["base", "helpful=1", "helpful=-1"]
+    assert kept[0] is again  # this run's base replaces the earlier one
+    assert keep_earlier(tmp_path / "missing.json", [again], handle) == [again]
+    (tmp_path / "bad.json").write_text("[{")
+    assert keep_earlier(tmp_path / "bad.json", [again], handle) == [again]
+
+
 def test_pair_suite_scores_the_base_once(handle, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """At the base point the policy is the reference: its pairs are scored once, the reward
     margin is exactly 0 (every pair a tie, accuracy ½), and the cache serves later points."""

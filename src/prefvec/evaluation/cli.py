@@ -109,6 +109,7 @@ def _print_summary(report: Any) -> None:
 def cmd_grid(args: argparse.Namespace) -> int:
     from prefvec.evaluation.grid import (
         folder_points,
+        keep_earlier,
         plot_pareto,
         run_grid,
         seed_points,
@@ -133,6 +134,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     reports = run_grid(handle, grid, suites, ctx, method=args.method, points_dir=points)
     if points is not None:  # points other processes added to the same folder join the files
         reports = folder_points(points, reports, handle, ctx, suites, args.method)
+    reports = keep_earlier(out / "grid.json", reports, handle)  # other runs' points stay
     out.mkdir(parents=True, exist_ok=True)
     print(f"wrote {write_grid_csv(reports, out / 'grid.csv')} and "
           f"{write_grid_json(reports, out / 'grid.json')}")  # fmt: skip

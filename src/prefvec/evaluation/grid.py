@@ -192,6 +192,40 @@ def folder_points(
     return [*reports, *sorted(extra, key=lambda r: r.label)]
 
 
+def keep_earlier(grid_json: str | Path, reports: Sequence[EvalReport], handle: Any) -> list[EvalReport]:
+    """``reports``, then every point of an earlier ``grid.json`` this run did not evaluate, so
+    that a run on some points does not drop the others from the file. An earlier point that
+    records its vector hashes is kept only while those files are unchanged; one from before
+    hashes were recorded is kept as it is (logged)."""
+    path = Path(grid_json)
+    if not path.is_file():
+        return list(reports)
+    try:
+        earlier = [EvalReport.from_dict(d) for d in json.loads(path.read_text())]
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("%s is unreadable (%s): not keeping its points", path, exc)
+        return list(reports)
+    seen = {weights_key(r.weights) for r in reports}
+    kept = []
+    for report in earlier:
+        if weights_key(report.weights) in seen:
+            continue
+        point = report.config.get("point") or {}
+        if "vectors" in point:
+            try:
+                current = {k: handle.vector_sha256(k) for k in point["vectors"]}
+            except PrefvecError:
+                current = None
+            if current != point["vectors"]:
+                logger.info("dropping %s from %s: its vectors changed", report.label, path)
+                continue
+        else:
+            logger.info("keeping %s from %s (made before vector hashes were recorded)",
+                        report.label, path)  # fmt: skip
+        kept.append(report)
+    return [*reports, *kept]
+
+
 def grid_rows(reports: Sequence[EvalReport]) -> list[dict[str, Any]]:
     """One row per grid point: the weights, then ``suite`` value / ci_low / ci_high columns."""
     rows = []
