@@ -196,7 +196,9 @@ def test_grid_json_seeds_points_on_a_fresh_clone(handle, tmp_path: Path, monkeyp
     assert json.loads((points / "helpful=1.json").read_text())["config"]["point"]["limit"] == 1
 
 
-def test_keep_earlier_keeps_other_runs_points_while_their_vectors_match(handle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_keep_earlier_keeps_other_runs_points_while_their_vectors_match(
+    handle, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     """A run on one point keeps the earlier grid.json's other points, drops those made with a
     vector file that has changed, and keeps those from before hashes were recorded."""
     from prefvec.evaluation.grid import keep_earlier, write_grid_json

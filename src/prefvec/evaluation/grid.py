@@ -192,7 +192,9 @@ def folder_points(
     return [*reports, *sorted(extra, key=lambda r: r.label)]
 
 
-def keep_earlier(grid_json: str | Path, reports: Sequence[EvalReport], handle: Any) -> list[EvalReport]:
+def keep_earlier(
+    grid_json: str | Path, reports: Sequence[EvalReport], handle: Any
+) -> list[EvalReport]:
     """``reports``, then every point of an earlier ``grid.json`` this run did not evaluate, so
     that a run on some points does not drop the others from the file. An earlier point that
     records its vector hashes is kept only while those files are unchanged; one from before
