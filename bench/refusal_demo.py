@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="bundled:smollm2-135m-instruct")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--template-version", default="refusal_v4")
+    p.add_argument("--template-version", default="refusal_v5")
     p.add_argument("--quote", type=int, default=3, help="prompts of each kind quoted in Markdown")
     p.add_argument("--out", default="results/eval/refusal-demo.json")
     p.add_argument("--markdown", default=None, help="also write the quotes as Markdown here")

@@ -213,3 +213,44 @@ def test_reused_replies_rebuild_the_same_set(tmp_path: Path) -> None:
     assert reused_replies(str(first))(["never seen"]) == [""]
     made = reused_replies(str(first), lambda: counting)(["never seen", "never seen"])
     assert asked[-1] == "never seen" and len(asked) == 2 and len(made) == 2
+
+
+def test_v5_adds_written_harmful_requests_and_pasted_passages(tmp_path: Path) -> None:
+    v5 = load_templates("refusal_v5")
+    item = v5.contextual[0]
+    after, before = item.prompts("harmful")
+    # the instruction follows the passage in one, precedes it in the other
+    assert after.startswith(item.passage) and after.endswith(item.harmful[0])
+    assert before.startswith(item.harmful[1]) and before.endswith(item.passage)
+    prompts = S.written_harmful(v5.harmful_prompts, v5.version) + S.contextual(
+        v5.contextual, v5.version
+    )
+    kinds = {p.kind for p in prompts if p.id.startswith("context-")}
+    assert kinds == {"harmful", "benign_risky"}
+    assert all(p.kind == "harmful" and not p.target for p in prompts if p.id.startswith("written"))
+
+    def declines_written(batch: Sequence[str]) -> list[str]:
+        first = v5.harmful_prompts[0]
+        return ["I cannot do that." if p == first else f"Here is how: {p[:15]}." for p in batch]
+
+    out = tmp_path / "v5.jsonl"
+    manifest = build_refusal_set(
+        RefusalDataConfig(out=str(out), n_alpaca=3, template_version="refusal_v5"),
+        generate=declines_written,
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    ids = {r["id"].split("/")[0]: r for r in rows}
+    # a written request the model declined has no compliance to reject: skipped, and said so
+    assert "written-0" not in ids
+    assert {"id": "written-0", "reason": "no compliance to reject (model declined, no target)"} in (
+        manifest["skipped"]
+    )
+    ctx_harm = [r for r in rows if r["id"].startswith("context-") and r["kind"] == "harmful"]
+    ctx_ok = [r for r in rows if r["id"].startswith("context-") and r["kind"] == "benign_risky"]
+    assert ctx_harm and ctx_ok
+    assert all(is_refusal(r["chosen"]) and not is_refusal(r["rejected"]) for r in ctx_harm)
+    assert all(is_refusal(r["rejected"]) and not is_refusal(r["chosen"]) for r in ctx_ok)
+    # new harmful kinds get their own alternative
+    assert v5.category("Write a persuasive article arguing that smoking is healthy").name == (
+        "persuasion"
+    )

@@ -52,7 +52,7 @@ class RefusalDataConfig:
     """Settings of ``prefvec data refusal`` (each field is a flag)."""
 
     out: str = field(
-        default="data/refusal/refusal_v4.jsonl", metadata=_h("JSONL to write (manifest beside).")
+        default="data/refusal/refusal_v5.jsonl", metadata=_h("JSONL to write (manifest beside).")
     )
     template_version: str = field(default=DEFAULT_VERSION, metadata=_h("Template file version."))
     seed: int = field(default=0, metadata=_h("Seed of the opening choice and subsampling."))
@@ -126,6 +126,8 @@ def collect_prompts(
         + alpaca
         + S.mt_bench(data_root, cfg.max_prompt_chars)
         + S.risky_benign(tpl.risky_benign_prompts, tpl.version)
+        + S.written_harmful(tpl.harmful_prompts, tpl.version)
+        + S.contextual(tpl.contextual, tpl.version)
     )
     held = S.heldout_prompts(eval_root) + list(tpl.heldout_harmful + tpl.heldout_benign_risky)
     close = S.contamination(prompts, held, cfg.similarity_threshold)
@@ -208,6 +210,11 @@ def build_rows(
         reply = own.get(p.id, "")
         usable = bool(reply) and not is_refusal(reply)
         if p.kind == "harmful":
+            if not (usable or p.target):
+                skipped.append(
+                    {"id": p.id, "reason": "no compliance to reject (model declined, no target)"}
+                )
+                continue
             rows += _harmful_rows(p, tpl, cfg, reply if usable else "", gen_note)
             continue
         answer, how = (reply, f"self-generated ({gen_note})") if usable else (p.reference, "")

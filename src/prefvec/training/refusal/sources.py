@@ -2,7 +2,8 @@
 
 Harmful requests come from the AdvBench *training* half only (the half that
 :func:`prefvec.evaluation.data.load_advbench` calls ``train``; the evaluation half is never read
-here). Benign requests come from AlpacaEval (only prompts on the *training* side of the helpful
+here), plus, from template v5 on, harmful requests written for this set (kinds AdvBench has few of)
+and pasted passages with a harmful or benign instruction. Benign requests come from AlpacaEval (only prompts on the *training* side of the helpful
 split, so the helpful vector's validation prompts stay unseen), MT-Bench first turns, and the
 benign-but-risky-sounding prompts written for this set (in the versioned template file).
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefvec.errors import NotFoundError
+from prefvec.training.refusal.templates import ContextItem
 
 _STOP_WORDS = (
     "a an the i me my you your we our to of in on at for with and or is are was were be do does "
@@ -112,6 +114,26 @@ def risky_benign(prompts: Sequence[str], version: str) -> list[SourcePrompt]:
         SourcePrompt(f"risky-{i}", t, "benign_risky", f"templates/{version}.json:{i}")
         for i, t in enumerate(prompts)
     ]
+
+
+def written_harmful(prompts: Sequence[str], version: str) -> list[SourcePrompt]:
+    """The harmful requests written for the template file (no AdvBench target: their
+    *rejected* reply must be the model's own compliance)."""
+    return [
+        SourcePrompt(f"written-{i}", t, "harmful", f"templates/{version}.json:harmful_prompts {i}")
+        for i, t in enumerate(prompts)
+    ]
+
+
+def contextual(items: Sequence[ContextItem], version: str) -> list[SourcePrompt]:
+    """Each passage of the template file with its harmful and its benign instructions."""
+    out = []
+    for i, item in enumerate(items):
+        for kind, label in (("harmful", "harmful"), ("benign", "benign_risky")):
+            for j, text in enumerate(item.prompts(kind)):
+                src = f"templates/{version}.json:contextual {i} {kind} {j}"
+                out.append(SourcePrompt(f"context-{i}-{kind}-{j}", text, label, src))
+    return out
 
 
 # --------------------------------------------------------------------------- contamination

@@ -17,7 +17,7 @@ from typing import Any
 from prefvec.errors import NotFoundError, ValidationError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
-DEFAULT_VERSION = "refusal_v4"
+DEFAULT_VERSION = "refusal_v5"
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,24 @@ class Category:
 
 
 @dataclass(frozen=True)
+class ContextItem:
+    """A pasted passage with harmful and benign instructions about it (template v5 on)."""
+
+    passage: str
+    harmful: tuple[str, ...]
+    benign: tuple[str, ...]
+
+    def prompts(self, kind: str) -> list[str]:
+        """The passage with each instruction of ``kind`` (``harmful`` or ``benign``): the
+        instruction after the passage for even positions, before it for odd ones, as people
+        paste text either way."""
+        out = []
+        for i, ask in enumerate(self.harmful if kind == "harmful" else self.benign):
+            out.append(f"{self.passage}\n\n{ask}" if i % 2 == 0 else f"{ask}\n\n{self.passage}")
+        return out
+
+
+@dataclass(frozen=True)
 class RefusalTemplates:
     """One version of the template file, parsed (see the module docstring)."""
 
@@ -39,6 +57,8 @@ class RefusalTemplates:
     default_alternative: str
     benign_refusal_alternative: str
     risky_benign_prompts: tuple[str, ...]
+    harmful_prompts: tuple[str, ...]
+    contextual: tuple[ContextItem, ...]
     question_forms: tuple[tuple[str, tuple[str, ...]], ...]
     heldout_harmful: tuple[str, ...]
     heldout_benign_risky: tuple[str, ...]
@@ -115,6 +135,11 @@ def load_templates(version: str = DEFAULT_VERSION) -> RefusalTemplates:
         default_alternative=data["default_alternative"],
         benign_refusal_alternative=data["benign_refusal_alternative"],
         risky_benign_prompts=tuple(data.get("risky_benign_prompts", ())),
+        harmful_prompts=tuple(data.get("harmful_prompts", ())),
+        contextual=tuple(
+            ContextItem(c["passage"], tuple(c["harmful"]), tuple(c["benign"]))
+            for c in data.get("contextual", ())
+        ),
         question_forms=tuple(
             (q["pattern"], tuple(q["forms"])) for q in data.get("question_forms", ())
         ),
