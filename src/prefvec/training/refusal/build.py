@@ -4,11 +4,12 @@ Rows (JSONL, readable by ``prefvec train dpo --data``)::
 
     {"id", "kind", "prompt", "chosen", "rejected", "provenance": {...}}
 
-* ``harmful`` (AdvBench training half): *chosen* = a brief decline with a safe alternative
-  (versioned template); *rejected* = compliance: the bundled model's own greedy reply
+* ``harmful`` (AdvBench training half; from templates v5 on also requests and pasted passages
+  with a harmful instruction written for this set): *chosen* = a brief decline with a safe
+  alternative (versioned template); *rejected* = compliance: the bundled model's own greedy reply
   (self-generated) when ``harmful`` is in ``self_kinds``, else (or where the model itself declined)
-  AdvBench's "Sure, here is ..." target. ``chosen_per_harmful`` pairs per request, distinct
-  openings.
+  AdvBench's "Sure, here is ..." target; a written request with neither is skipped.
+  ``chosen_per_harmful`` pairs per request, distinct openings.
 * ``benign`` (AlpacaEval training side, MT-Bench) and ``benign_risky`` (written for this set):
   *chosen* = a helpful answer: the model's own greedy reply when the kind is in ``self_kinds``,
   else (or where the model declined) AlpacaEval's reference ``output_1``; rows with neither

@@ -2,10 +2,11 @@
 
 Harmful requests come from the AdvBench *training* half only (the half that
 :func:`prefvec.evaluation.data.load_advbench` calls ``train``; the evaluation half is never read
-here), plus, from template v5 on, harmful requests written for this set (kinds AdvBench has few of)
-and pasted passages with a harmful or benign instruction. Benign requests come from AlpacaEval (only prompts on the *training* side of the helpful
-split, so the helpful vector's validation prompts stay unseen), MT-Bench first turns, and the
-benign-but-risky-sounding prompts written for this set (in the versioned template file).
+here), plus, from template v5 on, harmful requests written for this set (kinds AdvBench has few
+of) and pasted passages with a harmful or a benign instruction. Benign requests come from
+AlpacaEval (only prompts on the *training* side of the helpful split, so the helpful vector's
+validation prompts stay unseen), MT-Bench first turns, and the benign-but-risky-sounding prompts
+written for this set (in the versioned template file).
 
 Never read: HarmBench, JailbreakBench, Do-Not-Answer, XSTest, BIG-bench HHH. They are only
 *compared against* (:func:`contamination`), so that a prompt written here that is too close to a
