@@ -127,3 +127,15 @@ def test_runs_of_one_setting_in_several_files_merge_into_one_row() -> None:
     assert [r.label for r in select_rows(rows, ["harmless=1", "base"])] == ["harmless=1", "base"]
     with pytest.raises(ValidationError, match="truthful=1"):
         select_rows(rows, ["truthful=1"])
+
+
+def test_category_table_counts_refusals_per_category() -> None:
+    from prefvec.evaluation.runner import EvalReport
+    from prefvec.evaluation.table import category_table
+
+    cats = {"a": ("standard", "cyber"), "b": ("contextual", "cyber"), "c": ("standard", "misinfo")}
+    recs = [{"id": "a", "refusal": 1.0}, {"id": "b", "refusal": 0.0}, {"id": "c", "refusal": 1.0}]
+    r = EvalReport("harmless=1", {"harmless": 1.0}, {}, items={"harmbench": recs})
+    lines = category_table([r], "harmbench", cats).splitlines()
+    assert lines[0] == "| run | contextual | standard | cyber | misinfo |"
+    assert lines[2] == "| harmless=1 | 0/1 | 2/2 | 1/2 | 1/1 |"

@@ -191,6 +191,26 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_categories(args: argparse.Namespace) -> int:
+    from prefvec.evaluation.data import eval_data_dir, harmbench_categories
+    from prefvec.evaluation.table import (
+        category_table,
+        load_reports,
+        merge_by_weights,
+        select_rows,
+        update_readme,
+    )
+
+    reports = merge_by_weights(load_reports(args.files))
+    if args.rows:
+        reports = select_rows(reports, args.rows.split(";"))
+    table = category_table(reports, "harmbench", harmbench_categories(eval_data_dir()))
+    if args.readme:
+        update_readme(args.readme, table, marker=args.marker)
+    print(table, end="")
+    return 0
+
+
 def cmd_suites(args: argparse.Namespace) -> int:
     from prefvec.evaluation.suites import GROUPS, SUITES
 
@@ -320,6 +340,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="name of the marked block in the README (several tables in one file)",
     )
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser(
+        "categories", help="HarmBench refusals by category (functional and semantic) per row"
+    )
+    p.add_argument("files", nargs="+", help="eval.json / grid.json files with harmbench items")
+    p.add_argument("--rows", default=None, help='these weight settings only: "base;harmless=1"')
+    p.add_argument("--readme", default=None, help="replace the marked table in this README")
+    p.add_argument("--marker", default=None, help="name of the marked block in the README")
+    p.set_defaults(func=cmd_categories)
 
     p = sub.add_parser("suites", help="list the suites and groups")
     p.set_defaults(func=cmd_suites)

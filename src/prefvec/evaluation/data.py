@@ -158,6 +158,18 @@ def load_harmbench(root: Path) -> list[PromptItem]:
     return items
 
 
+def harmbench_categories(root: Path) -> dict[str, tuple[str, str]]:
+    """``{item id: (functional category, semantic category)}`` of the HarmBench items that
+    :func:`load_harmbench` loads (``standard`` / ``contextual``; ``misinformation_disinformation``,
+    ``chemical_biological``, ...)."""
+    rows = _csv_rows(_file(root, "harmbench/harmbench_behaviors_text_test.csv"))
+    return {
+        f"harmbench-{r['BehaviorID']}": (r["FunctionalCategory"], r["SemanticCategory"])
+        for r in rows
+        if r["FunctionalCategory"] != "copyright"
+    }
+
+
 def load_jailbreakbench(root: Path, kind: str) -> list[PromptItem]:
     """JBB-Behaviors ``kind`` = ``harmful`` or ``benign`` (100 goals each, row-aligned twins)."""
     rows = _csv_rows(_file(root, f"jailbreakbench/{kind}-behaviors.csv"))

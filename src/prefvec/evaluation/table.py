@@ -111,6 +111,35 @@ def markdown_table(reports: Sequence[EvalReport], digits: int = 2) -> str:
     return "\n".join(lines) + "\n"
 
 
+def category_table(
+    reports: Sequence[EvalReport], suite: str, categories: dict[str, tuple[str, ...]]
+) -> str:
+    """A Markdown table of one generation suite split by category: refused / items per cell.
+
+    Args:
+        reports: the rows (each with the suite's per-item records).
+        suite: a generation suite (its records carry a ``refusal`` score in [0, 1]).
+        categories: ``{item id: (category, ...)}``; an item counts in each of its categories.
+            Columns: the first categories of all items (sorted), then the second ones, ...
+    """
+    width = max((len(cats) for cats in categories.values()), default=0)
+    cols: list[str] = []
+    for i in range(width):
+        cols += sorted({cats[i] for cats in categories.values() if len(cats) > i} - set(cols))
+    lines = ["| run | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]  # fmt: skip
+    for r in reports:
+        refused = {c: 0 for c in cols}
+        total = {c: 0 for c in cols}
+        for rec in r.items.get(suite, []):
+            for c in categories.get(rec["id"], ()):
+                total[c] += 1
+                refused[c] += rec["refusal"] >= 0.5
+        cells = [f"{refused[c]}/{total[c]}" if total[c] else "–" for c in cols]
+        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markers(name: str | None = None) -> tuple[str, str]:
     """The start/end comments of the default block, or of the block called ``name``."""
     if not name:
