@@ -8,7 +8,7 @@ between :data:`START` and :data:`END` in that file (markers added at the end whe
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from prefvec.evaluation.runner import EvalReport
@@ -112,7 +112,7 @@ def markdown_table(reports: Sequence[EvalReport], digits: int = 2) -> str:
 
 
 def category_table(
-    reports: Sequence[EvalReport], suite: str, categories: dict[str, tuple[str, ...]]
+    reports: Sequence[EvalReport], suite: str, categories: Mapping[str, tuple[str, ...]]
 ) -> str:
     """A Markdown table of one generation suite split by category: refused / items per cell.
 
