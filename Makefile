@@ -135,6 +135,9 @@ HELPFUL_ROWS = helpful=-1;helpful=-0.5;base;helpful=0.5;helpful=1;helpful=1.5;he
 TRUTHFUL_ROWS = truthful=-1;truthful=-0.5;base;truthful=0.5;truthful=1;truthful=1.5;truthful=2
 GRID_ROWS = base;harmless=0.5;harmless=1;helpful=0.5;helpful=0.5,harmless=0.5;helpful=0.5,harmless=1;helpful=1;helpful=1,harmless=0.5;helpful=1,harmless=1
 CATEGORY_ROWS = base;harmless=0.5;harmless=1;harmless=1.5;harmless=2;helpful=1,harmless=1
+# grid points with alpaca_pairs measured (results-helpful measures the whole grid; ≈ 6 min of one
+# core a point)
+HELPFUL_PARETO_ROWS ?= base;helpful=0.5;helpful=1;harmless=1;helpful=0.5,harmless=1;helpful=1,harmless=1
 results-tables: install
 	$(EVAL) table $(RESULT_FILES) --rows "$(MAIN_ROWS)" --readme README.md --marker main
 	$(EVAL) table $(RESULTS_OUT)/refusal/grid.json --rows "$(HARMLESS_ROWS)" --readme README.md --marker eta-harmless
@@ -147,6 +150,7 @@ results-tables: install
 	$(EVAL) curve $(RESULTS_OUT)/truthful-heldout/grid.json $(RESULTS_OUT)/eta-truthful/grid.json --vector truthful --suites truthfulqa_mc1_heldout --out $(RESULTS_OUT)/curve-truthful.png
 	$(EVAL) plot $(RESULTS_OUT)/refusal/grid.json --rows "$(GRID_ROWS);harmless=1.5;harmless=2" --x harmbench --y xstest_safe --out $(RESULTS_OUT)/pareto-refusal.png
 	$(EVAL) categories $(RESULTS_OUT)/refusal/grid.json --rows "$(CATEGORY_ROWS)" --readme README.md --marker harmbench-categories
+	$(EVAL) plot $(RESULTS_OUT)/refusal/grid.json $(RESULTS_OUT)/helpful-alpaca/grid.json --rows "$(HELPFUL_PARETO_ROWS)" --x harmbench --y alpaca_pairs --out $(RESULTS_OUT)/pareto-helpful.png
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) .pytest_cache .mypy_cache .ruff_cache
