@@ -144,15 +144,21 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reports(files: list[str], rows: str | None, *, merge: bool) -> list[Any]:
+    """The reports of ``files``: one per weight setting when ``merge``, only ``rows`` (in that
+    order, ``;``-separated) when given."""
+    from prefvec.evaluation.table import load_reports, merge_by_weights, select_rows
+
+    reports = load_reports(files)
+    if merge:
+        reports = merge_by_weights(reports)
+    return select_rows(reports, rows.split(";")) if rows else reports
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from prefvec.evaluation.grid import plot_pareto
-    from prefvec.evaluation.table import load_reports
 
-    reports = load_reports(args.files)
-    if args.rows:
-        from prefvec.evaluation.table import merge_by_weights, select_rows
-
-        reports = select_rows(merge_by_weights(reports), args.rows.split(";"))
+    reports = _reports(args.files, args.rows, merge=bool(args.rows))
     png, front = plot_pareto(reports, args.x, args.y, args.out)
     print(f"wrote {png}; Pareto front: {[reports[i].label for i in front]}")
     return 0
@@ -168,20 +174,9 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from prefvec.evaluation.table import (
-        load_reports,
-        markdown_table,
-        merge_by_weights,
-        select_rows,
-        update_readme,
-        wall_line,
-    )
+    from prefvec.evaluation.table import markdown_table, update_readme, wall_line
 
-    reports = load_reports(args.files)
-    if args.merge or args.rows:
-        reports = merge_by_weights(reports)
-    if args.rows:
-        reports = select_rows(reports, args.rows.split(";"))
+    reports = _reports(args.files, args.rows, merge=args.merge or bool(args.rows))
     table = markdown_table(reports, digits=args.digits) + wall_line(reports)
     if args.out:
         Path(args.out).write_text(table)
@@ -193,17 +188,9 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_categories(args: argparse.Namespace) -> int:
     from prefvec.evaluation.data import eval_data_dir, harmbench_categories
-    from prefvec.evaluation.table import (
-        category_table,
-        load_reports,
-        merge_by_weights,
-        select_rows,
-        update_readme,
-    )
+    from prefvec.evaluation.table import category_table, update_readme
 
-    reports = merge_by_weights(load_reports(args.files))
-    if args.rows:
-        reports = select_rows(reports, args.rows.split(";"))
+    reports = _reports(args.files, args.rows, merge=True)
     table = category_table(reports, "harmbench", harmbench_categories(eval_data_dir()))
     if args.readme:
         update_readme(args.readme, table, marker=args.marker)

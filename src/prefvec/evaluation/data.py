@@ -149,24 +149,26 @@ def load_harmbench(root: Path) -> list[PromptItem]:
     not by refusal.
     """
     items = []
-    for r in _csv_rows(_file(root, "harmbench/harmbench_behaviors_text_test.csv")):
-        if r["FunctionalCategory"] == "copyright":
-            continue
+    for r in _harmbench_rows(root):
         ctx = (r.get("ContextString") or "").strip()
         text = f"{ctx}\n\n---\n\n{r['Behavior']}" if ctx else r["Behavior"]
         items.append(PromptItem(f"harmbench-{r['BehaviorID']}", text))
     return items
 
 
+def _harmbench_rows(root: Path) -> list[dict[str, str]]:
+    """HarmBench text test rows without the copyright behaviours."""
+    rows = _csv_rows(_file(root, "harmbench/harmbench_behaviors_text_test.csv"))
+    return [r for r in rows if r["FunctionalCategory"] != "copyright"]
+
+
 def harmbench_categories(root: Path) -> dict[str, tuple[str, str]]:
     """``{item id: (functional category, semantic category)}`` of the HarmBench items that
     :func:`load_harmbench` loads (``standard`` / ``contextual``; ``misinformation_disinformation``,
     ``chemical_biological``, ...)."""
-    rows = _csv_rows(_file(root, "harmbench/harmbench_behaviors_text_test.csv"))
     return {
         f"harmbench-{r['BehaviorID']}": (r["FunctionalCategory"], r["SemanticCategory"])
-        for r in rows
-        if r["FunctionalCategory"] != "copyright"
+        for r in _harmbench_rows(root)
     }
 
 
