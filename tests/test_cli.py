@@ -122,3 +122,25 @@ def test_shared_names_have_one_torch_free_home() -> None:
         "assert 'torch' not in sys.modules; assert 'prefvec.cli' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_vectors_scale_sets_the_unit_of_the_weight(
+    tiny_base_dir: Path, tiny_pos_dir: Path, tiny_neg_dir: Path, vec_file: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    scaled = tmp_path / "scaled.safetensors"
+    assert main(["vectors", "scale", str(vec_file), "--factor", "1.5", "--out", str(scaled)]) == 0
+    zero = ["vectors", "scale", str(vec_file), "--factor", "0", "--out", str(tmp_path / "z")]
+    assert main(zero) == 2
+    assert not (tmp_path / "z").exists()
+    store = ["--store", str(tmp_path / "store"), "--base", str(tiny_base_dir)]
+    assert main(["vectors", "add", str(scaled), *store]) == 0
+    out = tmp_path / "merged"
+    assert main(["merge", *store, "--weights", "helpful=1", "--out", str(out)]) == 0
+    merged = load_file(str(out / "model.safetensors"))
+    base, pos, neg = (
+        load_file(str(d / "model.safetensors")) for d in (tiny_base_dir, tiny_pos_dir, tiny_neg_dir)
+    )
+    for k, b in base.items():  # weight 1 on the scaled vector = weight 1.5 on the trained one
+        assert torch.allclose(merged[k], b + 1.5 * (pos[k] - neg[k]), atol=1e-5), k

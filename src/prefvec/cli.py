@@ -88,6 +88,23 @@ def cmd_vectors_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vectors_scale(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from prefvec.vector_store.format import PreferenceVector
+
+    src = Path(args.file)
+    vec = PreferenceVector.load(src)
+    note = args.note or f"scaled from {src.name}"
+    out = vec.scaled(args.factor, note=note)
+    out.metadata.extra["scaled"]["source"] = str(src)
+    out.metadata.extra["scaled"]["source_sha256"] = hashlib.sha256(src.read_bytes()).hexdigest()
+    path = out.save(args.out)
+    total = out.metadata.extra["scaled"]["total_factor"]
+    print(f"wrote {path}: {vec.name} x {args.factor:g} (x {total:g} of the trained vector)")
+    return 0
+
+
 # ------------------------------------------------------------------------------ merge / generate
 
 
@@ -209,6 +226,16 @@ def _add_vectors(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="vector name (default: from the file's metadata)")
     p.add_argument("--metadata", default=None, help="JSON of metadata fields to set")
     p.set_defaults(func=cmd_vectors_add)
+    p = vsub.add_parser(
+        "scale",
+        help="write a vector file times a factor (set the unit of its weight: weight 1 on the "
+        "result is weight FACTOR on the input)",
+    )
+    p.add_argument("file", help="input vector file (.safetensors)")
+    p.add_argument("--factor", type=float, required=True, help="finite, non-zero")
+    p.add_argument("--out", required=True, help="output vector file (written atomically)")
+    p.add_argument("--note", default="", help="why; stored in the metadata (extra.scaled.note)")
+    p.set_defaults(func=cmd_vectors_scale)
     p = vsub.add_parser("rm", help="delete a vector (all versions, or name@version)")
     _local_options(p)
     p.add_argument("ref")

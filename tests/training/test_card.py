@@ -52,3 +52,21 @@ def test_card_refuses_a_file_that_is_not_a_vector(tmp_path: Path) -> None:
         render_card(_vector(tmp_path, None))
     with pytest.raises(NotFoundError, match="nope"):
         render_card(tmp_path / "nope.safetensors")
+
+
+def test_card_of_a_scaled_vector_gives_the_scale_step_and_both_hashes(tmp_path: Path) -> None:
+    meta = {
+        "name": "harmless", "kind": "lowrank", "method": "positive_only", "config": {},
+        "extra": {"scaled": {"factor": 1.5, "total_factor": 1.5, "note": "unit",
+                             "source": "trained/harmless.safetensors", "source_sha256": "beef"}},
+    }  # fmt: skip
+    vec = _vector(tmp_path, meta)
+    card = render_card(vec, config_path="c.yaml", root=tmp_path)
+    assert (
+        "prefvec train dpo --config c.yaml\nprefvec vectors scale trained/harmless.safetensors"
+        in card
+    )
+    assert f'--factor 1.5 --out {vec} --note "unit"' in card
+    assert "1.5 × the trained vector" in card and "`beef`" in card
+    meta["extra"] = {}
+    assert "vectors scale" not in render_card(_vector(tmp_path, meta), root=tmp_path)

@@ -101,3 +101,26 @@ def test_peft_export_loads_in_peft_and_equals_dense_delta(
     assert torch.allclose(merged.get_parameter(module + ".weight"), w0 + b @ a, atol=1e-6)
     got = merged.get_parameter("model.layers.1.mlp.down_proj.weight")
     assert torch.allclose(got, w1 + b2 @ a2, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["dense", "lowrank"])
+def test_scaled_vector_is_factor_times_the_delta(kind: str) -> None:
+    a, b = torch.randn(2, 5), torch.randn(3, 2)
+    if kind == "lowrank":
+        vec = PreferenceVector.from_factors(_meta(), {"layer.q_proj": (a, b)})
+    else:
+        vec = PreferenceVector(_meta(), {"layer.q_proj.weight": b @ a})
+    out = vec.scaled(1.5, note="unit")
+    assert torch.allclose(out.to_dense()["layer.q_proj.weight"], 1.5 * (b @ a))
+    assert out.metadata.extra["scaled"] == {"factor": 1.5, "total_factor": 1.5, "note": "unit"}
+    assert torch.equal(vec.to_dense()["layer.q_proj.weight"], b @ a)  # the input is untouched
+    twice = out.scaled(2.0)
+    assert twice.metadata.extra["scaled"]["total_factor"] == 3.0
+    assert torch.allclose(twice.to_dense()["layer.q_proj.weight"], 3.0 * (b @ a))
+
+
+@pytest.mark.parametrize("bad", [0, float("nan"), float("inf")])
+def test_scaled_refuses_a_factor_that_is_not_finite_and_non_zero(bad: float) -> None:
+    vec = PreferenceVector(_meta(), {"w": torch.ones(2, 2)})
+    with pytest.raises(ValidationError, match="factor"):
+        vec.scaled(bad)

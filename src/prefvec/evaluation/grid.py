@@ -122,10 +122,11 @@ def point_settings(
 
 
 def _write_point(path: Path, report: EvalReport) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=1, default=str))
-    tmp.replace(path)  # atomic: a stopped run never leaves half a point behind
+    from prefvec.fileio import atomic_write_bytes
+
+    # atomic, through a temporary file of its own: a stopped run never leaves half a point
+    # behind, and two runs sharing a folder (`make -j2 results`) never rename each other's file
+    atomic_write_bytes(path, json.dumps(report.to_dict(), indent=1, default=str).encode())
 
 
 def _read_point(path: Path, settings: dict[str, Any]) -> EvalReport | None:

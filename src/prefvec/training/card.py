@@ -131,8 +131,24 @@ def render_card(
         "",
         "```bash",
         f"prefvec train dpo --config {config_path}" if config_path else "prefvec train dpo ...",
-        "```",
-        "",
+    ]
+    scaled = extra.get("scaled") or {}
+    if scaled:
+        note = f" --note {json.dumps(scaled['note'])}" if scaled.get("note") else ""
+        lines.append(
+            f"prefvec vectors scale {scaled.get('source', '<trained vector>')} --factor "
+            f"{scaled.get('factor'):g} --out {vector}{note}"
+        )
+    lines += ["```", ""]
+    if scaled:
+        lines += [
+            f"**Scaled**: this file is {scaled.get('total_factor'):g} × the trained vector "
+            f"(`{scaled.get('source', '?')}`, sha256 `{scaled.get('source_sha256', '?')}`), so "
+            f"weight η on it is weight {scaled.get('total_factor'):g}·η on the trained one. "
+            "Everything below (data, settings, accuracy, curves) is of the training run.",
+            "",
+        ]
+    lines += [
         "## Data",
         "",
     ]

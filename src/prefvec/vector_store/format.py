@@ -152,6 +152,41 @@ class PreferenceVector:
             src = {m + ".weight": b @ a for m, (a, b) in self.factors().items()}
         return {k: (v if dtype is None else v.to(dtype)) for k, v in src.items()}
 
+    def scaled(self, factor: float, note: str = "") -> PreferenceVector:
+        """This vector times ``factor``: φ' = s·φ, so weight η on φ' is weight s·η on φ.
+
+        A low-rank vector scales its B factors only (``ΔW = (sB) A``); arithmetic runs in float32
+        and the result is stored in the vector's own dtype. Provenance goes to
+        ``extra["scaled"]``: the factor, the note, and (for a chain) the factor of the vector
+        before it, so that the total factor relative to the trained vector stays readable.
+        """
+        import math
+
+        if not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor == 0:
+            from prefvec.errors import ValidationError
+
+            raise ValidationError(
+                f"`factor` must be a finite, non-zero number, got {factor!r}", field="factor"
+            )
+        tensors: dict[str, torch.Tensor] = {}
+        for key, t in self.tensors.items():
+            parsed = module_of_key(key)
+            if self.kind == "lowrank" and parsed and parsed[1] == "A":
+                tensors[key] = t.clone()
+            else:
+                tensors[key] = (t.float() * float(factor)).to(t.dtype)
+        prior = float(self.metadata.extra.get("scaled", {}).get("total_factor", 1.0))
+        extra = dict(self.metadata.extra)
+        extra["scaled"] = {
+            "factor": float(factor),
+            "total_factor": prior * float(factor),
+            "note": note,
+        }
+        meta = self.metadata.model_copy(
+            update={"extra": extra, "version": None, "sha256": None, "size_bytes": None}
+        )
+        return PreferenceVector(meta, tensors)
+
     def header_metadata(self) -> dict[str, str]:
         return {METADATA_KEY: self.metadata.model_dump_json(), "format": "pt"}
 
