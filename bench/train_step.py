@@ -221,7 +221,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lora-targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj"])
     p.add_argument("--cases", nargs="+", default=["lora", "full", "raco"],
                    choices=["lora", "full", "raco", *TRL_CASES])  # fmt: skip
-    p.add_argument("--config", default="vectors/configs/harmless.yaml",
+    p.add_argument("--config", default="results/configs/harmless-v5.yaml",
                    help="the recipe the trl-* cases run")  # fmt: skip
     p.add_argument("--trl-steps", type=int, default=10, help="steps of each trl-* case")
     p.add_argument("--val-pairs", type=int, default=120, help="held-out pairs of each trl-* case")
