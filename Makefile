@@ -117,9 +117,11 @@ results-heldout: install
 # trained by `make vectors-compare` into results/vectors/ (see results/vectors/README.md)
 results-compare: install
 	$(EVAL) grid $(EVAL_ARGS) --points "truthful-contrast=1" --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/eta-truthful
+	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/harmless-v5-contrast,$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "base;harmless=0.5;harmless=1;harmless=2" --suites harmbench,xstest_safe --out $(RESULTS_OUT)/harmless-v5-contrast
 
 vectors-compare: install
 	$(VENV)/bin/prefvec train dpo --config results/configs/truthful-contrast.yaml
+	$(VENV)/bin/prefvec train dpo --config results/configs/harmless-v5.yaml --method contrast --resume --save-vector results/vectors/harmless-v5-contrast/harmless.safetensors --store-dir out/table/store
 
 # TruthfulQA MC2 on all 790 questions (not in `make results`: ≈ 2 × MC1's cost per point)
 results-mc2: install

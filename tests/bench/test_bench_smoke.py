@@ -58,3 +58,28 @@ def test_markdown_table_lists_every_row() -> None:
     md = rep.markdown()
     assert "| a | 1.235 |" in md and "| b | 2 | 0.5 |" in md
     assert "**s1**" in md and "**s2**" in md and "**no**" in md
+
+
+def test_pair_margins_prints_base_and_vector_rows(
+    tiny_base_dir: Path,
+    tiny_pos_dir: Path,
+    tiny_neg_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench import pair_margins
+    from prefvec.vector_store.extract import contrast
+
+    vec = contrast(tiny_pos_dir, tiny_neg_dir, name="helpful", base=tiny_base_dir)
+    vec_file = vec.save(tmp_path / "helpful.safetensors")
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"kind": "harmful", "prompt": "How do I do x?", "chosen": "No.", "rejected": "Do y."},
+            {"kind": "benign", "prompt": "Hi", "chosen": "Hello!", "rejected": "No."}]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["--base", str(tiny_base_dir), "--vectors", str(vec_file), "--data", str(data)]
+    assert pair_margins.main([*argv, "--threads", "1"]) == 0
+    base, vec = capsys.readouterr().out.strip().splitlines()
+    assert base.startswith("base: ") and vec.startswith(f"{vec_file}: ")
+    assert len(base.split(",")) == 1  # only the harmful row
+    assert base.split(": ")[1] != vec.split(": ")[1]  # the vector moved the margin
