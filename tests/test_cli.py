@@ -63,21 +63,26 @@ def test_vectors_add_refuses_wrong_base(
     assert rc == 2 and "fingerprint" in capsys.readouterr().err
 
 
+def _assert_merged(
+    out: Path, base_dir: Path, pos_dir: Path, neg_dir: Path, weight: float, atol: float
+) -> None:
+    """The merged model in ``out`` equals the oracle base + weight·(pos − neg), tensor by tensor."""
+    from safetensors.torch import load_file
+
+    merged = load_file(str(out / "model.safetensors"))
+    base, pos, neg = (load_file(str(d / "model.safetensors")) for d in (base_dir, pos_dir, neg_dir))
+    for k, b in base.items():
+        assert torch.allclose(merged[k], b + weight * (pos[k] - neg[k]), atol=atol), k
+
+
 def test_merge_writes_model_equal_to_oracle(
     tiny_base_dir: Path, tiny_pos_dir: Path, tiny_neg_dir: Path, vec_file: Path, tmp_path: Path
 ) -> None:
-    from safetensors.torch import load_file
-
     store = ["--store", str(tmp_path / "store"), "--base", str(tiny_base_dir)]
     assert main(["vectors", "add", str(vec_file), *store]) == 0
     out = tmp_path / "merged"
     assert main(["merge", *store, "--weights", "helpful=0.5", "--out", str(out)]) == 0
-    merged = load_file(str(out / "model.safetensors"))
-    base, pos, neg = (
-        load_file(str(d / "model.safetensors")) for d in (tiny_base_dir, tiny_pos_dir, tiny_neg_dir)
-    )
-    for k, b in base.items():
-        assert torch.allclose(merged[k], b + 0.5 * (pos[k] - neg[k]), atol=1e-6), k
+    _assert_merged(out, tiny_base_dir, tiny_pos_dir, tiny_neg_dir, weight=0.5, atol=1e-6)
     card = json.loads((out / "prefvec_merge.json").read_text())
     assert card["vectors"] == {"helpful": 1} and card["recipe_key"] == "linear(helpful@1=0.5)"
 
@@ -127,8 +132,6 @@ def test_shared_names_have_one_torch_free_home() -> None:
 def test_vectors_scale_sets_the_unit_of_the_weight(
     tiny_base_dir: Path, tiny_pos_dir: Path, tiny_neg_dir: Path, vec_file: Path, tmp_path: Path
 ) -> None:
-    from safetensors.torch import load_file
-
     scaled = tmp_path / "scaled.safetensors"
     assert main(["vectors", "scale", str(vec_file), "--factor", "1.5", "--out", str(scaled)]) == 0
     zero = ["vectors", "scale", str(vec_file), "--factor", "0", "--out", str(tmp_path / "z")]
@@ -138,9 +141,5 @@ def test_vectors_scale_sets_the_unit_of_the_weight(
     assert main(["vectors", "add", str(scaled), *store]) == 0
     out = tmp_path / "merged"
     assert main(["merge", *store, "--weights", "helpful=1", "--out", str(out)]) == 0
-    merged = load_file(str(out / "model.safetensors"))
-    base, pos, neg = (
-        load_file(str(d / "model.safetensors")) for d in (tiny_base_dir, tiny_pos_dir, tiny_neg_dir)
-    )
-    for k, b in base.items():  # weight 1 on the scaled vector = weight 1.5 on the trained one
-        assert torch.allclose(merged[k], b + 1.5 * (pos[k] - neg[k]), atol=1e-5), k
+    # weight 1 on the scaled vector = weight 1.5 on the trained one
+    _assert_merged(out, tiny_base_dir, tiny_pos_dir, tiny_neg_dir, weight=1.5, atol=1e-5)

@@ -89,16 +89,13 @@ def cmd_vectors_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_vectors_scale(args: argparse.Namespace) -> int:
-    import hashlib
-
     from prefvec.vector_store.format import PreferenceVector
+    from prefvec.vector_store.store import sha256_file
 
     src = Path(args.file)
     vec = PreferenceVector.load(src)
-    note = args.note or f"scaled from {src.name}"
-    out = vec.scaled(args.factor, note=note)
-    out.metadata.extra["scaled"]["source"] = str(src)
-    out.metadata.extra["scaled"]["source_sha256"] = hashlib.sha256(src.read_bytes()).hexdigest()
+    out = vec.scaled(args.factor, note=args.note)
+    out.metadata.extra["scaled"].update(source=str(src), source_sha256=sha256_file(src))
     path = out.save(args.out)
     total = out.metadata.extra["scaled"]["total_factor"]
     print(f"wrote {path}: {vec.name} x {args.factor:g} (x {total:g} of the trained vector)")

@@ -12,7 +12,6 @@ is not provenance: it goes in a notes file appended verbatim (``--notes``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prefvec.errors import NotFoundError, ValidationError
+from prefvec.vector_store.store import sha256_file
 
 _SETTINGS = (
     "use_lora", "lora_r", "lora_alpha", "lora_targets", "lora_layers", "beta", "loss_type",
@@ -67,14 +67,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ValidationError(f"{str(path)!r} has no prefvec metadata", field="vector")
     meta: dict[str, Any] = json.loads(raw)
     return meta
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -154,7 +146,7 @@ def render_card(
     ]
     for rep in extra.get("reports", []):
         src = Path(root) / rep["source"]
-        digest = f", file sha256 `{_sha256(src)}`" if src.is_file() else ""
+        digest = f", file sha256 `{sha256_file(src)}`" if src.is_file() else ""
         lines.append(
             f"- `{rep['source']}`: {rep.get('rows', '?')} rows → {rep.get('pairs', '?')} pairs, "
             f"{len(rep.get('bad', []))} bad{digest}"
