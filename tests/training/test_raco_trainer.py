@@ -131,3 +131,72 @@ def test_raco_job_stores_a_vector(
     vec = LocalStore(tmp_path / "store").get(report["stored"])
     assert vec.kind == "lowrank" and vec.metadata.eval_scores
     assert any(float(b.abs().max()) > 0 for _, b in vec.factors().values())
+
+
+def test_nll_term_matches_a_token_level_oracle(tiny_base_dir: Path) -> None:
+    """nll_weights [w, 0]: objective 0's loss gains w × the token-mean NLL of its preferred
+    replies (scored one sequence at a time here), objective 1's loss is untouched."""
+    cfg = RacoJobConfig(base=str(tiny_base_dir), lora_targets=["q_proj"], lora_r=4, device="cpu")
+    model, tok, ref = build_policy(tiny_base_dir, cfg)
+    plain = RacoTrainer(model, tok, [0.5, 0.5], ref_model=ref, max_length=64)
+    with_nll = RacoTrainer(model, tok, [0.5, 0.5], ref_model=ref, max_length=64,
+                           nll_weights=[0.7, 0.0])  # fmt: skip
+    pairs = _conflicting_pairs()
+    pairs[0] = MultiPair(pairs[0].messages, "yes indeed", "no", (-1, 0))  # b preferred here
+    model.eval()
+    enc, labels = plain.encode(pairs)
+    with torch.no_grad():
+        base_losses, _ = plain.losses(enc, labels)
+        got, _ = with_nll.losses(enc, labels)
+        total, tokens = 0.0, 0
+        for e, lab in zip(enc, labels[0].tolist(), strict=True):
+            if lab == 0:
+                continue
+            reply = e.a if lab > 0 else e.b
+            ids = torch.tensor([e.prompt + reply])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+            targets = ids[0, 1:]
+            per = logp[torch.arange(len(targets)), targets][len(e.prompt) - 1 :]
+            total, tokens = total - float(per.sum()), tokens + len(reply)
+    torch.testing.assert_close(got[0], base_losses[0] + 0.7 * total / tokens, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], base_losses[1])
+    with pytest.raises(ValueError, match="nll_weights"):
+        RacoTrainer(model, tok, [0.5, 0.5], ref_model=ref, nll_weights=[1.0])
+
+
+def test_nll_weights_are_validated() -> None:
+    from prefvec.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="nll_weights"):
+        RacoJobConfig(preferences=["helpful", "harmless"], nll_weights=[1.0])
+    with pytest.raises(ValidationError, match="nll_weights"):
+        RacoJobConfig(preferences=["helpful", "harmless"], nll_weights=[1.0, -1.0])
+    assert RacoJobConfig(nll_weights=[0.0, 1.0]).nll_weights == [0.0, 1.0]
+
+
+
+def test_job_cuts_long_prompts_to_max_prompt_length(tiny_base_dir: Path, tmp_path: Path) -> None:
+    """max_prompt_length is honoured as in the DPO path: the end of a long prompt is kept."""
+    import json
+
+    from prefvec.training.logps import chat_ids
+    from prefvec.training.raco import _pools
+
+    rows = [
+        {"prompt": "filler " * 80 + f"final question {i}?", "chosen": "yes", "rejected": "no"}
+        for i in range(12)
+    ]
+    data = tmp_path / "long.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = RacoJobConfig(
+        base=str(tiny_base_dir), preferences=["a", "b"], val_fraction=0.3,
+        data_per_preference=[f"a={data}", f"b={data}"], max_length=64, max_prompt_length=24,
+        device="cpu",
+    )  # fmt: skip
+    _, tok, _ = build_policy(tiny_base_dir, cfg)
+    pools, val, _ = _pools(cfg, tok)
+    pairs = [p for pool in pools for p in pool] + val
+    assert len(pairs) == 24
+    for p in pairs:
+        assert len(chat_ids(tok, p.messages, add_generation_prompt=True)) <= 24
+        assert p.messages[-1]["content"].rstrip().endswith("?")  # the end is kept

@@ -237,6 +237,13 @@ class RacoJobConfig(CommonTrainConfig):
         metadata=_h("raco (clipped CAGrad), cagrad (unclipped) or weighted_sum (plain DPO)."),
     )
     c: float = field(default=0.4, metadata=_h("CAGrad radius c (RACO default 0.4)."))
+    nll_weights: list[float] = field(
+        default_factory=lambda: [],
+        metadata=_h(
+            "Per preference, the weight of an NLL term on its chosen replies added to its DPO "
+            "loss (as a DPO job's loss_type [sigmoid, sft]); empty: none."
+        ),
+    )
     rescale: bool = field(
         default=False, metadata=_h("Divide the update by 1 + c (keeps step sizes comparable).")
     )
@@ -265,6 +272,11 @@ class RacoJobConfig(CommonTrainConfig):
                 sum(self.weights), 1.0, abs_tol=1e-6
             ):
                 p.append(f"`weights` must be >= 0 and sum to 1 (the simplex), got {self.weights}")
+        if self.nll_weights and (
+            len(self.nll_weights) != k
+            or any(not math.isfinite(w) or w < 0 for w in self.nll_weights)
+        ):
+            p.append(f"`nll_weights` needs {k} finite values >= 0, got {self.nll_weights}")
         return p
 
     @property

@@ -102,7 +102,7 @@ def truncate_prompt(pair: PreferencePair, tokenizer: Any, max_tokens: int) -> Pr
     TRL truncates prompt + reply at the end (``keep_start``); a prompt that alone filled
     ``max_length`` would leave no reply tokens, so prompts are cut here first.
     """
-    msgs = pair.messages
+    msgs = list(pair.messages)
 
     def n_tokens(m: list[dict[str, str]]) -> int:
         return len(chat_ids(tokenizer, m, add_generation_prompt=True))

@@ -102,3 +102,21 @@ def dpo_losses(margins: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     mask = (labels != 0).to(margins.dtype)
     per = -F.logsigmoid(signed) * mask
     return per.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+
+def nll_losses(
+    policy_logps: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Per-objective NLL of the preferred replies, a token-level mean as TRL's ``sft`` loss term.
+
+    ``policy_logps`` and ``lengths`` are per sequence (2B,) in the ``[a; b]`` layout of
+    :func:`collate`; ``labels`` (K, B) pick the preferred reply (+1 a, −1 b, 0 none). Returns
+    −Σ log π(preferred tokens) / Σ preferred tokens for each objective (0 if none labelled).
+    """
+    logp_a, logp_b = policy_logps.chunk(2)
+    len_a, len_b = lengths.to(policy_logps.dtype).chunk(2)
+    pick_a = (labels > 0).to(policy_logps.dtype)  # (K, B)
+    pick_b = (labels < 0).to(policy_logps.dtype)
+    total = pick_a @ logp_a + pick_b @ logp_b  # (K,)
+    tokens = pick_a @ len_a + pick_b @ len_b
+    return -total / tokens.clamp_min(1.0)

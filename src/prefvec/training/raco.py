@@ -33,6 +33,7 @@ from prefvec.training.logps import (
     dpo_losses,
     encode_pair,
     implicit_margins,
+    nll_losses,
     sequence_logps,
 )
 from prefvec.training.raco_solver import (
@@ -129,6 +130,8 @@ class RacoTrainer:
         ref_model: frozen reference; None with a PEFT model means "adapters disabled".
         max_length: max tokens of prompt + reply.
         rescale: divide d by (1 + c).
+        nll_weights: per objective, the weight of an NLL term on its preferred replies (TRL's
+            ``sft`` term) added to that objective's DPO loss; empty means none.
     """
 
     def __init__(
@@ -144,9 +147,13 @@ class RacoTrainer:
         ref_model: Any = None,
         max_length: int = 512,
         rescale: bool = False,
+        nll_weights: Sequence[float] = (),
     ) -> None:
         self.model, self.tokenizer, self.ref_model = model, tokenizer, ref_model
         self.weights = torch.tensor(list(weights), dtype=torch.float32)
+        if nll_weights and len(nll_weights) != len(weights):
+            raise ValueError(f"nll_weights needs {len(weights)} values, got {list(nll_weights)}")
+        self.nll_weights = torch.tensor(list(nll_weights) or [0.0] * len(weights))
         self.mode, self.c, self.beta, self.rescale = mode, c, beta, rescale
         self.max_length = max_length
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -175,11 +182,19 @@ class RacoTrainer:
     def losses(
         self, enc: Sequence[EncodedPair], labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-objective DPO losses (K,) (with graph) and implicit margins (B,)."""
+        """Per-objective losses (K,) (with graph: DPO, plus the NLL term where its weight is
+        not 0) and implicit margins (B,)."""
         batch = {k: v.to(self.device) for k, v in collate(enc, self.pad_id).items()}
         ref = self._ref_logps(batch)
-        margins = implicit_margins(sequence_logps(self.model, batch), ref, self.beta)
-        return dpo_losses(margins, labels.to(self.device)), margins
+        labels = labels.to(self.device)
+        policy = sequence_logps(self.model, batch)
+        margins = implicit_margins(policy, ref, self.beta)
+        losses = dpo_losses(margins, labels)
+        if bool(self.nll_weights.any()):
+            lengths = batch["completion_mask"][:, 1:].sum(dim=1)
+            nll = nll_losses(policy, lengths, labels)
+            losses = losses + self.nll_weights.to(nll.device, nll.dtype) * nll
+        return losses, margins
 
     def _objective_grads(self, losses: torch.Tensor) -> torch.Tensor:
         """g_i = ∇L_i over the trainable parameters, stacked (K, D)."""
@@ -326,13 +341,19 @@ def _load_checkpoint(path: Path, trainer: RacoTrainer) -> list[dict[str, Any]]:
     return list(json.loads(state["curves"]))
 
 
-def _pools(cfg: RacoJobConfig) -> tuple[list[list[MultiPair]], list[MultiPair], dict[str, Any]]:
-    from prefvec.training.dpo import prepare_pairs
+def _pools(
+    cfg: RacoJobConfig, tokenizer: Any
+) -> tuple[list[list[MultiPair]], list[MultiPair], dict[str, Any]]:
+    """Each preference's training pool and the joint validation pairs, prompts cut to
+    ``max_prompt_length`` tokens as the DPO path cuts them (the end of the prompt is kept)."""
+    from prefvec.training.dpo import prepare_pairs, truncate_prompt
 
     k = len(cfg.preferences)
     pools, val, info = [], [], {}
     for i, pref in enumerate(cfg.preferences):
         train, v, meta = prepare_pairs(cfg, pref, data_for(cfg, pref))
+        train = [truncate_prompt(p, tokenizer, cfg.max_prompt_length) for p in train]
+        v = [truncate_prompt(p, tokenizer, cfg.max_prompt_length) for p in v]
         pools.append(multipairs_from_preferences([train if j == i else [] for j in range(k)]))
         val += multipairs_from_preferences([v if j == i else [] for j in range(k)])
         info[pref] = meta
@@ -353,12 +374,12 @@ def run_raco_job(cfg: RacoJobConfig) -> dict[str, Any]:
     base_dir = resolve_model_dir(cfg.base)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pools, val, info = _pools(cfg)
     model, tok, ref = build_policy(base_dir, cfg)
+    pools, val, info = _pools(cfg, tok)
     trainer = RacoTrainer(
         model, tok, cfg.simplex_weights, mode=cfg.mode, c=cfg.c, beta=cfg.beta,
         learning_rate=cfg.learning_rate, ref_model=ref, max_length=cfg.max_length,
-        rescale=cfg.rescale,
+        rescale=cfg.rescale, nll_weights=cfg.nll_weights,
     )  # fmt: skip
     ckpt = out / "checkpoint.pt"
     curves = _load_checkpoint(ckpt, trainer) if cfg.resume and ckpt.is_file() else []
