@@ -162,16 +162,19 @@ def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _table(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    targets = ",".join(meta["lora_targets"])
-    lines = [
-        f"Model: {meta['model']} · device {meta['device']} · batch {meta['batch_size']} pairs · "
-        f"max_length {meta['max_length']} · LoRA r={meta['lora_r']} on {targets}",
-        "",
-        "| case | trainable params | step (s) | peak memory (MB) | note |",
-        "|---|---:|---:|---:|---|",
-    ]
+    lines = [f"Model: {meta['model']} · device {meta['device']}"]
     trl = [r for r in results if r["case"] in TRL_CASES]
     results = [r for r in results if r["case"] not in TRL_CASES]
+    if results:
+        own = meta["own_cases"]
+        lines += [
+            "",
+            f"Own trainer: batch {own['batch_size']} pairs · max_length {own['max_length']} · "
+            f"LoRA r={own['lora_r']} on {','.join(own['lora_targets'])}",
+            "",
+            "| case | trainable params | step (s) | peak memory (MB) | note |",
+            "|---|---:|---:|---:|---|",
+        ]
     for r in results:
         if r["case"] == "raco":
             lines.append(
@@ -267,16 +270,21 @@ def main(argv: list[str] | None = None) -> int:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     import torch
 
-    meta = {
+    meta: dict[str, Any] = {
         "model": "tiny (quick)" if args.quick else args.base,
         "device": "cuda"
         if torch.cuda.is_available() and args.device != "cpu"
         else f"cpu ({os.cpu_count()} cores)",
-        "batch_size": args.batch_size, "max_length": args.max_length, "lora_r": args.lora_r,
-        "lora_targets": args.lora_targets, "steps_timed": args.steps, "torch": torch.__version__,
-        "python": platform.python_version(), "threads": torch.get_num_threads(),
-        "config": args.config,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
     }  # fmt: skip
+    if any(c not in TRL_CASES for c in args.cases):  # the settings of the own-trainer cases
+        meta["own_cases"] = {
+            "batch_size": args.batch_size, "max_length": args.max_length, "lora_r": args.lora_r,
+            "lora_targets": args.lora_targets, "steps_timed": args.steps,
+        }  # fmt: skip
+    if any(c in TRL_CASES for c in args.cases):  # the trl-* cases run this recipe
+        meta["config"] = args.config
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))

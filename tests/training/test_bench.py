@@ -23,6 +23,7 @@ def test_train_step_bench_quick(tmp_path: Path) -> None:
     assert cases["full"]["trainable_params"] > cases["lora"]["trainable_params"] > 0
     assert cases["lora"]["dpo_step_s"] > 0 and cases["raco"]["raco_ratio"] > 0
     assert "| RACO (K=2" in proc.stdout
+    assert data["meta"]["own_cases"]["max_length"] == 64 and "config" not in data["meta"]
 
 
 def test_train_step_bench_trl_cases_quick(tmp_path: Path) -> None:
@@ -34,8 +35,11 @@ def test_train_step_bench_trl_cases_quick(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=600, check=False, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cases = {r["case"]: r for r in json.loads(out.read_text())["results"]}
+    data = json.loads(out.read_text())
+    cases = {r["case"]: r for r in data["results"]}
     assert set(cases) == {"trl-lora", "trl-lora-precomputed", "trl-full"}
+    # the own-trainer settings are not reported for a run that has no own-trainer case
+    assert "own_cases" not in data["meta"] and "Own trainer" not in proc.stdout
     for r in cases.values():
         assert r["steps"] == 2 and r["dpo_step_s"] > 0 and r["val_pairs"] == 4
         assert 0.0 <= r["val_reward_accuracy"] <= 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -125,12 +126,22 @@ def test_raco_job_stores_a_vector(
         lora_targets=["q_proj", "v_proj"], steps=3, batch_size=2, logging_steps=1, save_steps=2,
         max_length=64, max_prompt_length=32, output_dir=str(tmp_path / "run"),
         store_dir=str(tmp_path / "store"), progress=False, device="cpu",
+        save_vector=str(tmp_path / "joint.safetensors"), nll_weights=[0.0, 0.5],
     )  # fmt: skip
     report = run_raco_job(cfg)
     assert len(report["curves"]) == 3 and (tmp_path / "run/checkpoint.pt").is_file()
     vec = LocalStore(tmp_path / "store").get(report["stored"])
     assert vec.kind == "lowrank" and vec.metadata.eval_scores
     assert any(float(b.abs().max()) > 0 for _, b in vec.factors().values())
+    # the card of a joint vector: its command, both objectives' held-out accuracy, the machine
+    from prefvec.training.card import render_card
+
+    card = render_card(tmp_path / "joint.safetensors", config_path="c.yaml", root=tmp_path)
+    assert f"prefvec train raco --config c.yaml --mode {mode}" in card
+    n_val = report["data"]["a"]["n_val"]
+    assert n_val > 0 and f"| a | {n_val} | **" in card and f"| b | {n_val} | **" in card
+    assert "nll_weights | [0.0, 0.5]" in card and "machine: cpu" in card
+    assert math.isfinite(report["eval"]["per_objective"]["a"]["reward_margin"])
 
 
 def test_nll_term_matches_a_token_level_oracle(tiny_base_dir: Path) -> None:
@@ -172,7 +183,6 @@ def test_nll_weights_are_validated() -> None:
     with pytest.raises(ValidationError, match="nll_weights"):
         RacoJobConfig(preferences=["helpful", "harmless"], nll_weights=[1.0, -1.0])
     assert RacoJobConfig(nll_weights=[0.0, 1.0]).nll_weights == [0.0, 1.0]
-
 
 
 def test_job_cuts_long_prompts_to_max_prompt_length(tiny_base_dir: Path, tmp_path: Path) -> None:

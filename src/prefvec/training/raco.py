@@ -248,22 +248,30 @@ class RacoTrainer:
 
     @torch.no_grad()
     def evaluate(self, pairs: Sequence[MultiPair], batch_size: int = 8) -> dict[str, list[float]]:
-        """Per-objective mean DPO loss and reward accuracy (labelled pairs only)."""
+        """Per-objective mean loss, reward accuracy and mean signed reward margin (labelled
+        pairs only; the margin is the implicit reward of the preferred reply minus the other's)."""
         self.model.eval()
         k = len(pairs[0].labels)
-        loss_sum, correct, count = [0.0] * k, [0.0] * k, [0.0] * k
+        loss_sum, correct, margin_sum, count = [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k
         for i in range(0, len(pairs), batch_size):
             enc, labels = self.encode(pairs[i : i + batch_size])
             losses, margins = self.losses(enc, labels)
             for j in range(k):
                 mask = labels[j] != 0
                 n = float(mask.sum())
+                signed = labels[j][mask] * margins.cpu()[mask]
                 loss_sum[j] += float(losses[j]) * n
-                correct[j] += float(((labels[j][mask] * margins.cpu()[mask]) > 0).sum())
+                correct[j] += float((signed > 0).sum())
+                margin_sum[j] += float(signed.sum())
                 count[j] += n
+
+        def mean(xs: list[float]) -> list[float]:
+            return [x / max(n, 1) for x, n in zip(xs, count, strict=True)]
+
         return {
-            "loss": [s / max(n, 1) for s, n in zip(loss_sum, count, strict=True)],
-            "reward_accuracy": [s / max(n, 1) for s, n in zip(correct, count, strict=True)],
+            "loss": mean(loss_sum),
+            "reward_accuracy": mean(correct),
+            "reward_margin": mean(margin_sum),
         }
 
 
@@ -368,6 +376,7 @@ def run_raco_job(cfg: RacoJobConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from prefvec.models import resolve_model_dir
+    from prefvec.training.card import machine_info
     from prefvec.training.dpo import library_versions
     from prefvec.training.extract import dense_difference, lowrank_from_factors, store_vector
 
@@ -408,6 +417,7 @@ def run_raco_job(cfg: RacoJobConfig) -> dict[str, Any]:
         "data_hash": ":".join(info[p]["data_hash"][:16] for p in cfg.preferences),
         "config": cfg.to_dict(),
         "versions": library_versions(),
+        "machine": machine_info(),
         "curves": curves,
         "eval": {
             "per_objective": {
