@@ -185,6 +185,20 @@ def test_nll_weights_are_validated() -> None:
     assert RacoJobConfig(nll_weights=[0.0, 1.0]).nll_weights == [0.0, 1.0]
 
 
+@pytest.mark.parametrize(
+    "field,value",
+    [("loss_type", ["sigmoid", "sft"]), ("loss_weights", [1.0]),
+     ("precompute_ref_log_probs", True), ("gradient_checkpointing", True),
+     ("dtype", "bfloat16")],
+)  # fmt: skip
+def test_trl_only_settings_are_refused_not_ignored(field: str, value: object) -> None:
+    """The raco job has its own trainer: a TRL setting it would not honour is a clear error."""
+    from prefvec.errors import ValidationError
+
+    with pytest.raises(ValidationError, match=f"`{field}`.*not supported by `train raco`"):
+        RacoJobConfig(**{field: value})
+
+
 def test_job_cuts_long_prompts_to_max_prompt_length(tiny_base_dir: Path, tmp_path: Path) -> None:
     """max_prompt_length is honoured as in the DPO path: the end of a long prompt is kept."""
     import json

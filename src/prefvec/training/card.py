@@ -296,8 +296,10 @@ def _joint_card(
         "| setting | value |",
         "|---|---|",
     ]
-    keys = [*_SETTINGS, "preferences", "weights", "mode", "c", "nll_weights", "rescale"]
-    lines += [f"| {k} | {_fmt(k, cfg[k])} |" for k in dict.fromkeys(keys) if k in cfg]
+    trl_only = {"loss_type", "loss_weights", "precompute_ref_log_probs", "gradient_checkpointing"}
+    keys = [k for k in _SETTINGS if k not in trl_only]
+    keys += ["preferences", "weights", "mode", "c", "nll_weights", "rescale"]
+    lines += [f"| {k} | {_fmt(k, cfg[k])} |" for k in keys if k in cfg]
     lines += [
         "",
         "## Held-out DPO reward accuracy",
