@@ -296,8 +296,9 @@ def _joint_card(
         "| setting | value |",
         "|---|---|",
     ]
-    trl_only = {"loss_type", "loss_weights", "precompute_ref_log_probs", "gradient_checkpointing"}
-    keys = [k for k in _SETTINGS if k not in trl_only]
+    from prefvec.training.config import RACO_UNSUPPORTED
+
+    keys = [k for k in _SETTINGS if k not in RACO_UNSUPPORTED]
     keys += ["preferences", "weights", "mode", "c", "nll_weights", "rescale"]
     lines += [f"| {k} | {_fmt(k, cfg[k])} |" for k in keys if k in cfg]
     lines += [

@@ -220,6 +220,17 @@ class DPOJobConfig(CommonTrainConfig):
         return p
 
 
+# CommonTrainConfig settings that only the TRL path honours: `train raco` has its own trainer and
+# accepts each only at the value it implements (setting, (the one value, hint))
+RACO_UNSUPPORTED: dict[str, tuple[Any, str]] = {
+    "loss_type": (["sigmoid"], "use nll_weights for an NLL term"),
+    "loss_weights": ([], "use weights / nll_weights"),
+    "precompute_ref_log_probs": (False, ""),
+    "gradient_checkpointing": (False, ""),
+    "dtype": ("float32", "it trains in float32"),
+}
+
+
 @dataclass
 class RacoJobConfig(CommonTrainConfig):
     """One model for K preferences at once (RACO, or its weighted-sum / CAGrad baselines)."""
@@ -272,18 +283,11 @@ class RacoJobConfig(CommonTrainConfig):
                 sum(self.weights), 1.0, abs_tol=1e-6
             ):
                 p.append(f"`weights` must be >= 0 and sum to 1 (the simplex), got {self.weights}")
-        # the TRL-only settings of CommonTrainConfig: this job has its own trainer
-        trl_only = {
-            "loss_type": (self.loss_type, ["sigmoid"], "use nll_weights for an NLL term"),
-            "loss_weights": (self.loss_weights, [], "use weights / nll_weights"),
-            "precompute_ref_log_probs": (self.precompute_ref_log_probs, False, ""),
-            "gradient_checkpointing": (self.gradient_checkpointing, False, ""),
-            "dtype": (self.dtype, "float32", "it trains in float32"),
-        }
-        for name, (value, default, hint) in trl_only.items():
-            if value != default:
+        for name, (only, hint) in RACO_UNSUPPORTED.items():
+            value = getattr(self, name)
+            if value != only:
                 p.append(
-                    f"`{name}` = {value!r} is not supported by `train raco` (only {default!r})"
+                    f"`{name}` = {value!r} is not supported by `train raco` (only {only!r})"
                     + (f": {hint}" if hint else "")
                 )
         if self.nll_weights and (
