@@ -224,3 +224,145 @@ def test_job_cuts_long_prompts_to_max_prompt_length(tiny_base_dir: Path, tmp_pat
     for p in pairs:
         assert len(chat_ids(tok, p.messages, add_generation_prompt=True)) <= 24
         assert p.messages[-1]["content"].rstrip().endswith("?")  # the end is kept
+
+
+def test_anchor_loss_matches_a_per_reply_oracle(tiny_base_dir: Path) -> None:
+    """anchors [False, True]: objective 1's loss is the mean over its pairs' replies of
+    ½ Σ_t (log π − log π_ref)², scored one reply at a time here; objective 0 keeps its DPO loss;
+    at the LoRA start (π = π_ref) the anchor loss is exactly 0."""
+    cfg = RacoJobConfig(base=str(tiny_base_dir), lora_targets=["q_proj"], lora_r=4, device="cpu")
+    model, tok, ref = build_policy(tiny_base_dir, cfg)
+    plain = RacoTrainer(model, tok, [0.5, 0.5], ref_model=ref, max_length=64)
+    anchored = RacoTrainer(model, tok, [0.5, 0.5], ref_model=ref, max_length=64,
+                           anchors=[False, True])  # fmt: skip
+    pairs = _conflicting_pairs()
+    enc, labels = plain.encode(pairs)
+    model.eval()
+    with torch.no_grad():
+        at_start, _ = anchored.losses(enc, labels)
+        assert float(at_start[1]) == 0.0
+        torch.manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # move the policy away from the reference
+        dpo, _ = plain.losses(enc, labels)
+        got, _ = anchored.losses(enc, labels)
+
+        def reply_logps(prompt: list[int], reply: list[int], adapter: bool) -> torch.Tensor:
+            ids = torch.tensor([prompt + reply])
+            if adapter:
+                logits = model(input_ids=ids).logits
+            else:
+                with model.disable_adapter():
+                    logits = model(input_ids=ids).logits
+            logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+            return logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]][len(prompt) - 1 :]
+
+        total, replies = 0.0, 0
+        for e, lab in zip(enc, labels[1].tolist(), strict=True):
+            if lab == 0:
+                continue
+            for reply in (e.a, e.b):
+                d = reply_logps(e.prompt, reply, True) - reply_logps(e.prompt, reply, False)
+                total, replies = total + 0.5 * float(d.pow(2).sum()), replies + 1
+    assert total > 0
+    torch.testing.assert_close(got[1], torch.tensor(total / replies), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got[0], dpo[0])
+    with pytest.raises(ValueError, match="anchors"):
+        RacoTrainer(model, tok, [0.5, 0.5], ref_model=ref, anchors=[True])
+
+
+def test_anchor_objective_pulls_the_policy_back_to_the_reference(tiny_base_dir: Path) -> None:
+    """Steps on an anchor objective alone shrink how far its replies have moved."""
+    trainer = _trainer(tiny_base_dir, mode="weighted_sum", lr=1e-2)
+    trainer.anchors = torch.tensor([False, True])
+    pairs = [MultiPair(p.messages, p.a, p.b, (0, 1)) for p in _conflicting_pairs()]
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    enc, labels = trainer.encode(pairs)
+    with torch.no_grad():
+        before = float(trainer.losses(enc, labels)[0][1])
+    for _ in range(5):
+        trainer.step([pairs])
+    with torch.no_grad():
+        after = float(trainer.losses(enc, labels)[0][1])
+    assert before > 0 and after < 0.5 * before
+
+
+def test_anchor_and_data_kinds_settings_are_validated() -> None:
+    from prefvec.errors import ValidationError
+
+    prefs = ["helpful", "harmless"]
+    with pytest.raises(ValidationError, match=r"`anchors`.*not among"):
+        RacoJobConfig(preferences=prefs, anchors=["truthful"])
+    with pytest.raises(ValidationError, match=r"`anchors`.*no preference to learn"):
+        RacoJobConfig(preferences=prefs, anchors=prefs)
+    with pytest.raises(ValidationError, match="`nll_weights` must be 0 for the anchors"):
+        RacoJobConfig(preferences=prefs, anchors=["harmless"], nll_weights=[0.0, 1.0])
+    with pytest.raises(ValidationError, match=r"`data_kinds`.*'harmless'"):
+        RacoJobConfig(preferences=prefs, data_kinds=["harmless"])
+    with pytest.raises(ValidationError, match=r"`data_kinds`.*'truthful=x'"):
+        RacoJobConfig(preferences=prefs, data_kinds=["truthful=x"])
+    cfg = RacoJobConfig(preferences=prefs, data_kinds=["harmless=harmful,benign_risky"])
+    assert cfg.kinds_for("harmless") == ["harmful", "benign_risky"]
+    assert cfg.kinds_for("helpful") == []
+
+
+def test_job_keeps_only_the_rows_of_data_kinds(
+    tiny_base_dir: Path, toy_pairs_file: Path, tmp_path: Path
+) -> None:
+    """data_kinds keeps the rows of those kinds (training and validation); a kind that keeps
+    nothing is an error naming the setting and the kinds the data has."""
+    import json
+
+    from prefvec.training.raco import _pools, run_raco_job
+
+    rows = [
+        {"prompt": f"request {i}", "chosen": f"c{i}", "rejected": f"r{i}",
+         "kind": "harmful" if i % 3 == 0 else "benign"}
+        for i in range(30)
+    ]  # fmt: skip
+    data = tmp_path / "kinds.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    common = dict(
+        base=str(tiny_base_dir), preferences=["a", "b"], val_fraction=0.3, device="cpu",
+        data_per_preference=[f"a={toy_pairs_file}", f"b={data}"], max_length=64,
+        max_prompt_length=32,
+    )  # fmt: skip
+    cfg = RacoJobConfig(**common, data_kinds=["b=harmful"])  # type: ignore[arg-type]
+    _, tok, _ = build_policy(tiny_base_dir, cfg)
+    pools, val, info = _pools(cfg, tok)
+    kept = [p for p in pools[1] + val if p.labels[1]]
+    assert len(kept) == 10 and all(p.a.startswith("c") and int(p.a[1:]) % 3 == 0 for p in kept)
+    assert info["b"]["kinds"] == ["harmful"]
+    everything, _, _ = _pools(RacoJobConfig(**common), tok)  # type: ignore[arg-type]
+    assert len(everything[1]) > len(pools[1])
+    bad = RacoJobConfig(
+        **common,
+        data_kinds=["b=unknown"],
+        output_dir=str(tmp_path / "r"),  # type: ignore[arg-type]
+    )
+    with pytest.raises(ValueError, match=r"`data_kinds` b=unknown keeps no pair.*'benign', 'harm"):
+        run_raco_job(bad)
+
+
+def test_card_of_an_anchored_job_names_the_anchor(
+    tiny_base_dir: Path, toy_pairs_file: Path, tmp_path: Path
+) -> None:
+    from prefvec.training.card import render_card
+    from prefvec.training.raco import run_raco_job
+
+    cfg = RacoJobConfig(
+        base=str(tiny_base_dir), preferences=["a", "b"], mode="weighted_sum", anchors=["b"],
+        data_per_preference=[f"a={toy_pairs_file}", f"b={toy_pairs_file}"],
+        lora_targets=["q_proj", "v_proj"], steps=2, batch_size=2, max_length=64,
+        max_prompt_length=32, output_dir=str(tmp_path / "run"), store_dir=str(tmp_path / "s"),
+        progress=False, device="cpu", save_vector=str(tmp_path / "v.safetensors"),
+    )  # fmt: skip
+    report = run_raco_job(cfg)
+    assert report["eval"]["per_objective"]["b"]["loss"] >= 0.0
+    card = render_card(tmp_path / "v.safetensors", config_path="c.yaml", root=tmp_path)
+    assert "| b (anchor) |" in card and "| anchors | [b] |" in card

@@ -300,6 +300,7 @@ def _joint_card(
 
     keys = [k for k in _SETTINGS if k not in RACO_UNSUPPORTED]
     keys += ["preferences", "weights", "mode", "c", "nll_weights", "rescale"]
+    keys += [k for k in ("anchors", "data_kinds") if cfg.get(k)]
     lines += [f"| {k} | {_fmt(k, cfg[k])} |" for k in keys if k in cfg]
     lines += [
         "",
@@ -316,7 +317,16 @@ def _joint_card(
     for pref in prefs:
         ev = per.get(pref) or {}
         n = int((data.get(pref) or {}).get("n_val") or 0)
-        lines.append(f"| {pref} | {n} | {_accuracy_cells(ev, n)} |")
+        label = f"{pref} (anchor)" if pref in (cfg.get("anchors") or []) else pref
+        lines.append(f"| {label} | {n} | {_accuracy_cells(ev, n)} |")
+    if cfg.get("anchors"):
+        lines += [
+            "",
+            "An anchor objective is not trained to prefer its chosen replies: its loss keeps",
+            "both replies' log-probabilities at the base's (`anchors`), so its margin should",
+            "stay near 0 (the base's own) and its accuracy near what the base's would be by",
+            "chance of the sign; its loss is the anchor loss (k2 estimate of the KL, per reply).",
+        ]
     wall = float(extra.get("wall_s") or 0.0)
     steps = cfg.get("steps") or 0
     per_step = f", {wall / steps:.1f} s/step" if steps else ""

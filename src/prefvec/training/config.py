@@ -262,6 +262,21 @@ class RacoJobConfig(CommonTrainConfig):
         default_factory=lambda: [],
         metadata=_h("Per-preference data as pref=file.jsonl (default: the bundled sets)."),
     )
+    data_kinds: list[str] = field(
+        default_factory=lambda: [],
+        metadata=_h(
+            "Per preference, only the rows of these kinds (the JSONL's `kind`), as "
+            "pref=kind1,kind2 (e.g. harmless=harmful); default: every row."
+        ),
+    )
+    anchors: list[str] = field(
+        default_factory=lambda: [],
+        metadata=_h(
+            "Preferences trained as anchors instead of by DPO: their objective keeps both "
+            "replies' log-probabilities where the base has them (the k2 estimate of "
+            "KL(π_base‖π) summed over each reply), so the vector leaves that behaviour alone."
+        ),
+    )
     name: str | None = field(
         default=None, metadata=_h("Vector name for θ_RACO − θ_base (default: raco-<prefs>).")
     )
@@ -295,7 +310,33 @@ class RacoJobConfig(CommonTrainConfig):
             or any(not math.isfinite(w) or w < 0 for w in self.nll_weights)
         ):
             p.append(f"`nll_weights` needs {k} finite values >= 0, got {self.nll_weights}")
+        unknown = [a for a in self.anchors if a not in self.preferences]
+        if unknown:
+            p.append(f"`anchors` {unknown} are not among the preferences {self.preferences}")
+        elif self.anchors and set(self.anchors) >= set(self.preferences):
+            p.append(f"`anchors` {self.anchors} leaves no preference to learn by DPO")
+        if self.nll_weights and len(self.nll_weights) == k:
+            with_nll = [a for a in self.anchors if self.nll_weights[self.preferences.index(a)] > 0]
+            if with_nll:
+                p.append(f"`nll_weights` must be 0 for the anchors {with_nll}")
+        for entry in self.data_kinds:
+            pref, _, kinds = entry.partition("=")
+            if pref not in self.preferences or not [x for x in kinds.split(",") if x]:
+                p.append(
+                    f"`data_kinds` items must be pref=kind[,kind] with pref among "
+                    f"{self.preferences}, got {entry!r}"
+                )
         return p
+
+    def kinds_for(self, preference: str) -> list[str]:
+        """The row kinds kept for one preference (``data_kinds``); empty keeps every row."""
+        return [
+            x
+            for e in self.data_kinds
+            if e.partition("=")[0] == preference
+            for x in e.partition("=")[2].split(",")
+            if x
+        ]
 
     @property
     def simplex_weights(self) -> list[float]:

@@ -58,6 +58,8 @@ class PreferencePair:
         group: the key that decides the train/validation split (the question or prompt), so
             every pair of one question lands on the same side.
         source: file and line/item it came from, e.g. ``"TruthfulQA.csv:12"``.
+        kind: the row's optional ``kind`` label (the refusal sets: ``harmful``, ``benign``,
+            ``benign_risky``), for selecting rows (a RACO job's ``data_kinds``).
     """
 
     prompt: list[Message]
@@ -65,6 +67,7 @@ class PreferencePair:
     rejected: str
     group: str = ""
     source: str = ""
+    kind: str = ""
 
     @property
     def messages(self) -> list[Message]:
@@ -85,12 +88,17 @@ class PreferencePair:
 
 
 def make_pair(
-    messages: Sequence[Message], chosen: str, rejected: str, group: str = "", source: str = ""
+    messages: Sequence[Message],
+    chosen: str,
+    rejected: str,
+    group: str = "",
+    source: str = "",
+    kind: str = "",
 ) -> PreferencePair:
     """Build a :class:`PreferencePair`; the split group defaults to the prompt's JSON."""
     prompt = [{"role": m["role"], "content": m["content"]} for m in messages]
     key = group or json.dumps(prompt, sort_keys=True)
-    return PreferencePair(prompt, chosen, rejected, group=key, source=source)
+    return PreferencePair(prompt, chosen, rejected, group=key, source=source, kind=kind)
 
 
 @dataclass
@@ -299,7 +307,8 @@ def load_jsonl_pairs(path: str | Path) -> tuple[list[PreferencePair], DataReport
     """Any JSONL of ``{"prompt", "chosen", "rejected"}`` (prompt: string or chat messages).
 
     An optional string ``group`` keeps rows together in the train/validation split (rephrasings
-    of one request); without it each prompt is its own group.
+    of one request); without it each prompt is its own group. An optional string ``kind`` is
+    kept on the pair (see :attr:`PreferencePair.kind`).
     """
     path = Path(path)
     report, pairs = DataReport(str(path)), []
@@ -319,7 +328,11 @@ def load_jsonl_pairs(path: str | Path) -> tuple[list[PreferencePair], DataReport
             continue
         raw_group = obj.get("group")
         group = raw_group if isinstance(raw_group, str) else ""
-        pairs.append(make_pair(msgs, chosen, rejected, group=group, source=f"{path.name}:{n}"))
+        raw_kind = obj.get("kind")
+        kind = raw_kind if isinstance(raw_kind, str) else ""
+        pairs.append(
+            make_pair(msgs, chosen, rejected, group=group, source=f"{path.name}:{n}", kind=kind)
+        )
     return _finish(pairs, report)
 
 

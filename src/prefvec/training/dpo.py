@@ -315,10 +315,19 @@ class DPOJobResult:
 
 
 def prepare_pairs(
-    cfg: CommonTrainConfig, preference: str, data: Sequence[str] = ()
+    cfg: CommonTrainConfig, preference: str, data: Sequence[str] = (), kinds: Sequence[str] = ()
 ) -> tuple[list[PreferencePair], list[PreferencePair], dict[str, Any]]:
-    """Load, split (by hash of the prompt/question) and cap the pairs of one preference."""
+    """Load, split (by hash of the prompt/question) and cap the pairs of one preference;
+    with ``kinds``, only the rows of those kinds (:attr:`PreferencePair.kind`) are kept."""
     pairs, reports = load_preference_data(preference, data or cfg.data, cfg.data_dir)
+    if kinds:
+        found = sorted({p.kind for p in pairs})
+        pairs = [p for p in pairs if p.kind in kinds]
+        if not pairs:
+            raise ValueError(
+                f"`data_kinds` {preference}={','.join(kinds)} keeps no pair; "
+                f"the data's kinds are {found}"
+            )
     train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     if cfg.max_train_pairs_per_file is not None:
         train = cap_per_file(train, cfg.max_train_pairs_per_file, cfg.seed)
@@ -332,6 +341,8 @@ def prepare_pairs(
         "n_train": len(train),
         "n_val": len(val),
     }
+    if kinds:
+        info["kinds"] = list(kinds)
     return train, val, info
 
 

@@ -71,8 +71,8 @@ def collate(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor
     return {"input_ids": ids, "attention_mask": attn, "completion_mask": comp}
 
 
-def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Σ log π(token) over each sequence's reply tokens, shape (2B,)."""
+def token_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log π of each reply token, 0 elsewhere (prompt, padding), shape (2B, T−1)."""
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).logits  # (2B, T, V)
@@ -80,7 +80,12 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     targets = batch["input_ids"][:, 1:]  # (2B, T-1)
     mask = batch["completion_mask"][:, 1:].to(logits.dtype)
     logp = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)
-    return (logp * mask).sum(dim=1)
+    return logp * mask
+
+
+def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Σ log π(token) over each sequence's reply tokens, shape (2B,)."""
+    return token_logps(model, batch).sum(dim=1)
 
 
 def implicit_margins(
@@ -120,3 +125,20 @@ def nll_losses(
     total = pick_a @ logp_a + pick_b @ logp_b  # (K,)
     tokens = pick_a @ len_a + pick_b @ len_b
     return -total / tokens.clamp_min(1.0)
+
+
+def anchor_losses(
+    policy_tokens: torch.Tensor, ref_tokens: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Per-objective anchor loss: how far the policy moved both replies of its pairs.
+
+    ``policy_tokens`` and ``ref_tokens`` are per-token log-probabilities (2B, T−1) from
+    :func:`token_logps` in the ``[a; b]`` layout; ``labels`` (K, B) select each objective's
+    pairs (any non-zero label). Per reply, ½ Σ_t (log π − log π_ref)² (the k2 estimate of
+    KL(π_ref‖π) along the reply, exact to second order); the loss is its mean over the
+    objective's 2·n replies (0 if none), so it is 0 where the policy equals the reference.
+    """
+    per_reply = 0.5 * (policy_tokens - ref_tokens).pow(2).sum(dim=1)  # (2B,)
+    a, b = per_reply.chunk(2)
+    pick = (labels != 0).to(per_reply.dtype)  # (K, B)
+    return (pick @ (a + b)) / (2.0 * pick.sum(dim=1)).clamp_min(1.0)

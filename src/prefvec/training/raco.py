@@ -29,12 +29,13 @@ from prefvec.training.config import RacoJobConfig, data_for
 from prefvec.training.data import DataReport, PreferencePair, _json_lines, _prompt_messages
 from prefvec.training.logps import (
     EncodedPair,
+    anchor_losses,
     collate,
     dpo_losses,
     encode_pair,
     implicit_margins,
     nll_losses,
-    sequence_logps,
+    token_logps,
 )
 from prefvec.training.raco_solver import (
     cagrad_objective,
@@ -132,6 +133,8 @@ class RacoTrainer:
         rescale: divide d by (1 + c).
         nll_weights: per objective, the weight of an NLL term on its preferred replies (TRL's
             ``sft`` term) added to that objective's DPO loss; empty means none.
+        anchors: per objective, whether it is an anchor (its loss is
+            :func:`~prefvec.training.logps.anchor_losses` instead of DPO); empty means none.
     """
 
     def __init__(
@@ -148,12 +151,16 @@ class RacoTrainer:
         max_length: int = 512,
         rescale: bool = False,
         nll_weights: Sequence[float] = (),
+        anchors: Sequence[bool] = (),
     ) -> None:
         self.model, self.tokenizer, self.ref_model = model, tokenizer, ref_model
         self.weights = torch.tensor(list(weights), dtype=torch.float32)
         if nll_weights and len(nll_weights) != len(weights):
             raise ValueError(f"nll_weights needs {len(weights)} values, got {list(nll_weights)}")
         self.nll_weights = torch.tensor(list(nll_weights) or [0.0] * len(weights))
+        if anchors and len(anchors) != len(weights):
+            raise ValueError(f"anchors needs {len(weights)} values, got {list(anchors)}")
+        self.anchors = torch.tensor([bool(a) for a in anchors] or [False] * len(weights))
         self.mode, self.c, self.beta, self.rescale = mode, c, beta, rescale
         self.max_length = max_length
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -172,28 +179,32 @@ class RacoTrainer:
         labels = torch.tensor([p.labels for p in pairs], dtype=torch.long).T  # (K, B)
         return enc, labels
 
-    def _ref_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _ref_token_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
             if self.ref_model is not None:
-                return sequence_logps(self.ref_model, batch)
+                return token_logps(self.ref_model, batch)
             with self.model.disable_adapter():
-                return sequence_logps(self.model, batch)
+                return token_logps(self.model, batch)
 
     def losses(
         self, enc: Sequence[EncodedPair], labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-objective losses (K,) (with graph: DPO, plus the NLL term where its weight is
-        not 0) and implicit margins (B,)."""
+        not 0; the anchor loss for anchor objectives) and implicit margins (B,)."""
         batch = {k: v.to(self.device) for k, v in collate(enc, self.pad_id).items()}
-        ref = self._ref_logps(batch)
+        ref_tokens = self._ref_token_logps(batch)
         labels = labels.to(self.device)
-        policy = sequence_logps(self.model, batch)
-        margins = implicit_margins(policy, ref, self.beta)
+        policy_tokens = token_logps(self.model, batch)
+        policy = policy_tokens.sum(dim=1)
+        margins = implicit_margins(policy, ref_tokens.sum(dim=1), self.beta)
         losses = dpo_losses(margins, labels)
         if bool(self.nll_weights.any()):
             lengths = batch["completion_mask"][:, 1:].sum(dim=1)
             nll = nll_losses(policy, lengths, labels)
             losses = losses + self.nll_weights.to(nll.device, nll.dtype) * nll
+        if bool(self.anchors.any()):
+            anchored = anchor_losses(policy_tokens, ref_tokens, labels)
+            losses = torch.where(self.anchors.to(losses.device), anchored, losses)
         return losses, margins
 
     def _objective_grads(self, losses: torch.Tensor) -> torch.Tensor:
@@ -359,7 +370,7 @@ def _pools(
     k = len(cfg.preferences)
     pools, val, info = [], [], {}
     for i, pref in enumerate(cfg.preferences):
-        train, v, meta = prepare_pairs(cfg, pref, data_for(cfg, pref))
+        train, v, meta = prepare_pairs(cfg, pref, data_for(cfg, pref), cfg.kinds_for(pref))
         train = [truncate_prompt(p, tokenizer, cfg.max_prompt_length) for p in train]
         v = [truncate_prompt(p, tokenizer, cfg.max_prompt_length) for p in v]
         pools.append(multipairs_from_preferences([train if j == i else [] for j in range(k)]))
@@ -389,6 +400,7 @@ def run_raco_job(cfg: RacoJobConfig) -> dict[str, Any]:
         model, tok, cfg.simplex_weights, mode=cfg.mode, c=cfg.c, beta=cfg.beta,
         learning_rate=cfg.learning_rate, ref_model=ref, max_length=cfg.max_length,
         rescale=cfg.rescale, nll_weights=cfg.nll_weights,
+        anchors=[p in cfg.anchors for p in cfg.preferences],
     )  # fmt: skip
     ckpt = out / "checkpoint.pt"
     curves = _load_checkpoint(ckpt, trainer) if cfg.resume and ckpt.is_file() else []
