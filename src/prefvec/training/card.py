@@ -271,6 +271,12 @@ def _joint_card(
         f"θ − θ_base of ONE model trained on {', '.join(f'`{p}`' for p in prefs)} at once "
         f"(w = {', '.join(f'{w:g}' for w in weights)}), {what}"
     )
+    anchors = list(cfg.get("anchors") or [])
+    if anchors:
+        joint += (
+            f"; {', '.join(f'`{a}`' for a in anchors)} as an anchor (its replies kept where "
+            "the base has them, not learnt)"
+        )
     lines = [
         *_head(meta, name, joint),
         f"prefvec train raco --config {config_path or '<config>'} {flags}",
@@ -286,6 +292,7 @@ def _joint_card(
         lines.append(
             f"  - data hash `{info.get('data_hash', '?')}`; {info.get('n_train', '?')} training / "
             f"{info.get('n_val', '?')} validation pairs"
+            + (f" (rows of kind {', '.join(info['kinds'])} only)" if info.get("kinds") else "")
         )
     lines += [
         f"- split by sha256(seed, prompt): validation share {cfg.get('val_fraction')}, seed "
@@ -319,13 +326,13 @@ def _joint_card(
         n = int((data.get(pref) or {}).get("n_val") or 0)
         label = f"{pref} (anchor)" if pref in (cfg.get("anchors") or []) else pref
         lines.append(f"| {label} | {n} | {_accuracy_cells(ev, n)} |")
-    if cfg.get("anchors"):
+    if anchors:
         lines += [
             "",
-            "An anchor objective is not trained to prefer its chosen replies: its loss keeps",
-            "both replies' log-probabilities at the base's (`anchors`), so its margin should",
-            "stay near 0 (the base's own) and its accuracy near what the base's would be by",
-            "chance of the sign; its loss is the anchor loss (k2 estimate of the KL, per reply).",
+            "An anchor is not trained to prefer its chosen replies: its loss (the k2 estimate of",
+            "KL(π_base‖π), per reply) keeps both replies' log-probabilities where the base has",
+            "them. The base's margin is 0 on every pair, so a mean margin near 0 says the anchor",
+            "held; its accuracy only says which way the small remainder leans.",
         ]
     wall = float(extra.get("wall_s") or 0.0)
     steps = cfg.get("steps") or 0
