@@ -28,7 +28,13 @@ def test_helpful_heldout_pairs_are_unseen_by_every_shipped_training_set() -> Non
     """alpaca_pairs (the helpfulness measure) = the helpful vector's validation pairs, and the
     refusal set draws its AlpacaEval prompts from the other side of that split only."""
     from prefvec.evaluation.data import load_alpaca_heldout
-    from prefvec.training.config import DPOJobConfig, build_config, load_yaml
+    from prefvec.training.config import (
+        DPOJobConfig,
+        RacoJobConfig,
+        build_config,
+        data_for,
+        load_yaml,
+    )
     from prefvec.training.data import (
         HELPFUL_VAL_FRACTION,
         default_data_dir,
@@ -40,12 +46,14 @@ def test_helpful_heldout_pairs_are_unseen_by_every_shipped_training_set() -> Non
     held = load_alpaca_heldout()
     assert len(held) >= 100
     prompts = {it.messages[0]["content"] for it in held}
-    cfg = build_config(DPOJobConfig, load_yaml(ROOT / "vectors/configs/helpful.yaml"))
-    assert cfg.val_fraction == HELPFUL_VAL_FRACTION and cfg.seed == 0
-    pairs, _ = load_preference_data("helpful", [ROOT / d for d in cfg.data])
-    train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
-    assert {p.messages[0]["content"] for p in val} == prompts
-    assert not prompts & {p.messages[0]["content"] for p in train}
+    shipped = build_config(RacoJobConfig, load_yaml(ROOT / "vectors/configs/helpful.yaml"))
+    plain = build_config(DPOJobConfig, load_yaml(ROOT / "results/configs/helpful-plain.yaml"))
+    for cfg in (shipped, plain):  # the shipped helpful and its comparison row share the split
+        assert cfg.val_fraction == HELPFUL_VAL_FRACTION and cfg.seed == 0
+        pairs, _ = load_preference_data("helpful", [ROOT / d for d in data_for(cfg, "helpful")])
+        train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+        assert {p.messages[0]["content"] for p in val} == prompts
+        assert not prompts & {p.messages[0]["content"] for p in train}
     refusal_side = {p.text for p in alpaca_train(default_data_dir(), max_chars=10_000)}
     assert refusal_side and not prompts & refusal_side
 
