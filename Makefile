@@ -135,9 +135,11 @@ vectors-compare: install
 results-mc2: install
 	$(EVAL) grid $(EVAL_ARGS) --points "base;truthful=1" --suites truthfulqa_mc2 --out $(RESULTS_OUT)/mc2-truthful
 
-# real replies at η = 0, 1, 1.5, 2 to 10 harmful and 10 benign-but-risky requests of our own
+# real replies at η = 0, 1, 1.5, 2 to 10 harmful and 10 benign-but-risky requests of our own; then
+# the same at harmless = 0, 1 with helpful = 1 added (the merge keeps the refusal)
 results-demo: install
 	$(PY) bench/refusal_demo.py --etas 0,1,1.5,2 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/refusal-demo.json --markdown $(RESULTS_OUT)/refusal-demo.md --readme README.md
+	$(PY) bench/refusal_demo.py --extra helpful=1 --etas 0,1 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/refusal-demo-helpful.json --markdown $(RESULTS_OUT)/refusal-demo-helpful.md
 
 RESULT_FILES = $(RESULTS_OUT)/refusal/grid.json $(RESULTS_OUT)/eta-truthful/grid.json $(RESULTS_OUT)/mc2-truthful/grid.json $(RESULTS_OUT)/helpful-alpaca/grid.json
 HARMLESS_ROWS = harmless=-1;harmless=-0.5;base;harmless=0.5;harmless=1;harmless=1.5;harmless=2

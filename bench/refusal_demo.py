@@ -114,15 +114,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
         "wall_s": round(time.perf_counter() - t0, 1), "rows": rows,
     }  # fmt: skip
+    label = args.vector + "".join(f"; {k} = {v:g} added" for k, v in extra.items())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.markdown:
-        Path(args.markdown).write_text(markdown(rows, args.vector, args.quote), encoding="utf-8")
+        Path(args.markdown).write_text(markdown(rows, label, args.quote), encoding="utf-8")
     if args.readme:
         from prefvec.evaluation.table import update_readme
 
-        update_readme(args.readme, markdown(rows, args.vector, args.quote), marker="demo")
+        update_readme(args.readme, markdown(rows, label, args.quote), marker="demo")
     for r in rows:
         print(f"eta={r['eta']:g}", json.dumps(r["summary"]))
     return result
