@@ -147,9 +147,8 @@ HELPFUL_ROWS = helpful=-1;helpful=-0.5;base;helpful=0.5;helpful=1;helpful=1.5;he
 TRUTHFUL_ROWS = truthful=-1;truthful=-0.5;base;truthful=0.5;truthful=1;truthful=1.5;truthful=2
 GRID_ROWS = base;harmless=0.5;harmless=1;helpful=0.5;helpful=0.5,harmless=0.5;helpful=0.5,harmless=1;helpful=1;helpful=1,harmless=0.5;helpful=1,harmless=1
 CATEGORY_ROWS = base;harmless=0.5;harmless=1;harmless=1.5;harmless=2;helpful=1,harmless=1
-# grid points with alpaca_pairs measured (results-helpful measures the whole grid; ≈ 6 min of one
-# core a point)
-HELPFUL_PARETO_ROWS ?= base;helpful=0.5;helpful=1;harmless=1;helpful=0.5,harmless=1;helpful=1,harmless=1
+# the helpfulness-vs-refusal plot: the whole helpful × harmless grid (every point has alpaca_pairs)
+HELPFUL_PARETO_ROWS ?= $(GRID_ROWS)
 results-tables: install
 	$(EVAL) table $(RESULT_FILES) --rows "$(MAIN_ROWS)" --readme README.md --marker main
 	$(EVAL) table $(RESULTS_OUT)/refusal/grid.json --rows "$(HARMLESS_ROWS)" --readme README.md --marker eta-harmless
