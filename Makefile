@@ -83,7 +83,7 @@ HARMLESS_ETAS ?= -1,-0.5,0,0.5,1,1.5,2
 TRUTHFUL_ETAS ?= -1,-0.5,0.5,1.5,2
 GRID_VALUES ?= 0,0.5,1
 HELPFUL_ETAS ?= -1,-0.5,0,0.5,1,1.5,2
-HELDOUT_POINTS ?= base;harmless=1
+HELDOUT_POINTS ?= base;harmless=1;helpful=1,harmless=1
 EVAL ?= $(VENV)/bin/prefvec eval
 VECTORS_DIRS ?= vectors,results/vectors
 EVAL_ARGS ?= --max-new-tokens 32 --dtype float32 --max-length 384 --vectors-dir $(VECTORS_DIRS) --no-progress $(if $(FRESH),--no-resume)
