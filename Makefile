@@ -154,7 +154,7 @@ results-tables: install
 	$(EVAL) table $(RESULTS_OUT)/refusal/grid.json --rows "$(HARMLESS_ROWS)" --readme README.md --marker eta-harmless
 	$(EVAL) table $(RESULTS_OUT)/refusal/grid.json --rows "$(GRID_ROWS)" --readme README.md --marker grid
 	$(EVAL) table $(RESULTS_OUT)/truthful-heldout/grid.json $(RESULTS_OUT)/eta-truthful/grid.json --rows "$(TRUTHFUL_ROWS)" --readme README.md --marker eta-truthful
-	$(EVAL) table $(RESULTS_OUT)/heldout/grid.json --merge --readme README.md --marker heldout
+	$(EVAL) table $(RESULTS_OUT)/heldout/grid.json --merge --rows "$(HELDOUT_POINTS)" --readme README.md --marker heldout
 	$(EVAL) table $(RESULTS_OUT)/helpful-alpaca/grid.json --rows "$(HELPFUL_ROWS)" --readme README.md --marker eta-helpful
 	$(EVAL) curve $(RESULTS_OUT)/helpful-alpaca/grid.json --vector helpful --suites alpaca_pairs --out $(RESULTS_OUT)/curve-helpful.png
 	$(EVAL) curve $(RESULTS_OUT)/refusal/grid.json --vector harmless --suites harmbench,xstest_safe,collapse --out $(RESULTS_OUT)/curve-harmless.png
