@@ -345,7 +345,11 @@ def test_job_keeps_only_the_rows_of_data_kinds(
         data_kinds=["b=unknown"],
         output_dir=str(tmp_path / "r"),  # type: ignore[arg-type]
     )
-    with pytest.raises(ValueError, match=r"`data_kinds` b=unknown keeps no pair.*'benign', 'harm"):
+    from prefvec.errors import ValidationError
+
+    with pytest.raises(
+        ValidationError, match=r"`data_kinds` b=unknown keeps no pair.*'benign', 'harm"
+    ):
         run_raco_job(bad)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from prefvec.errors import ValidationError
 from prefvec.training.config import CommonTrainConfig, DPOJobConfig
 from prefvec.training.data import (
     PreferencePair,
@@ -324,9 +325,10 @@ def prepare_pairs(
         found = sorted({p.kind for p in pairs})
         pairs = [p for p in pairs if p.kind in kinds]
         if not pairs:
-            raise ValueError(
+            raise ValidationError(
                 f"`data_kinds` {preference}={','.join(kinds)} keeps no pair; "
-                f"the data's kinds are {found}"
+                f"the data's kinds are {found}",
+                field="data_kinds",
             )
     train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     if cfg.max_train_pairs_per_file is not None:
