@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,6 @@ def test_plot_pareto(tmp_path: Path) -> None:
     png, front = plot_pareto(reports, "advbench", "xstest_safe", tmp_path / "p.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert front == [0, 1, 3]  # c is dominated by b (less refusal of harm, more over-refusal)
-    import json
 
     from prefvec.cli import main
 
@@ -84,7 +84,6 @@ def test_plot_pareto(tmp_path: Path) -> None:
 
 def test_plot_curve_orders_by_weight_and_refuses_missing_suites(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    import json
 
     from prefvec.cli import main
     from prefvec.evaluation.grid import plot_curve
@@ -171,7 +170,6 @@ def test_grid_points_key_on_non_zero_weights(handle, tmp_path: Path) -> None:  #
 def test_grid_json_seeds_points_on_a_fresh_clone(handle, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A committed grid.json (no points folder, as on a fresh clone) is reused where its settings
     still match, and evaluated again where they do not."""
-    import json
 
     from prefvec.evaluation.grid import seed_points, write_grid_json
 
@@ -240,3 +238,61 @@ def test_pair_suite_scores_the_base_once(handle, monkeypatch) -> None:  # type: 
     assert plus.metrics[0].value != 0.5 or any(
         r["policy"] != r["reference"] for r in plus.items["hh_rlhf_pairs"]
     )
+
+
+def test_points_of_other_suites_at_the_same_weights_are_kept(
+    handle, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Two runs on one point with different suites into one folder: the point file and the
+    grid.json hold both suites (the second run used to overwrite the first's file), and a run
+    on either suite alone reads the point back."""
+    from prefvec.evaluation.grid import keep_earlier, write_grid_json
+
+    ctx = RunContext(limit=2, progress=False)
+    points = tmp_path / "points"
+    (mc,) = run_grid(handle, [{"helpful": 1.0}], ["hhh_helpful"], ctx, points_dir=points)
+    mc_value = mc.metric("hhh_helpful").value
+    grid_json = write_grid_json([mc], tmp_path / "grid.json")
+    (both,) = run_grid(handle, [{"helpful": 1.0}], ["hh_rlhf_pairs"], ctx, points_dir=points)
+    assert [m.suite for m in both.metrics] == ["hh_rlhf_pairs", "hhh_helpful"]
+    assert both.metric("hhh_helpful").value == mc_value and set(both.items) == {
+        "hh_rlhf_pairs", "hhh_helpful"}  # fmt: skip
+    saved = json.loads((points / "helpful=1.json").read_text())
+    assert saved["config"]["point"]["suites"] == ["hh_rlhf_pairs", "hhh_helpful"]
+    calls = _count_evals(monkeypatch)
+    for suites in (["hhh_helpful"], ["hh_rlhf_pairs"], ["hhh_helpful", "hh_rlhf_pairs"]):
+        run_grid(handle, [{"helpful": 1.0}], suites, ctx, points_dir=points)
+    assert calls == []
+    # other settings are not merged: a limit-1 run on hh_rlhf_pairs stands alone
+    (alone,) = run_grid(handle, [{"helpful": 1.0}], ["hh_rlhf_pairs"],
+                        RunContext(limit=1, progress=False), points_dir=points)  # fmt: skip
+    assert calls == ["helpful=1"] and [m.suite for m in alone.metrics] == ["hh_rlhf_pairs"]
+    # without a points folder, the earlier grid.json's other suite joins the same point
+    (fresh,) = run_grid(handle, [{"helpful": 1.0}], ["hh_rlhf_pairs"], ctx)
+    (kept,) = keep_earlier(grid_json, [fresh], handle)
+    assert kept is fresh and kept.metric("hhh_helpful").value == mc_value
+
+
+def test_joined_suites_pool_the_collapse_rate_again() -> None:
+    from prefvec.evaluation.grid import _with_other_suites
+    from prefvec.evaluation.runner import EvalReport, Metric
+
+    def report(suite: str, flags: list[bool]) -> EvalReport:
+        point = {"suites": [suite], "limit": 2, "weights": {"h": 1.0}}
+        share = sum(flags) / len(flags)
+        return EvalReport(
+            label="h=1", weights={"h": 1.0}, config={"point": point}, wall_s=1.0,
+            metrics=[Metric(suite, "refusal_rate", "harmless", 0.5, 0, 1, len(flags), True, "w"),
+                     Metric("collapse", "collapse_rate", "fluency", share, 0, 1, len(flags),
+                            False, "wilson")],
+            items={suite: [{"id": str(i), "collapsed": f} for i, f in enumerate(flags)]},
+        )  # fmt: skip
+
+    joined = _with_other_suites(report("a", [True, False]), report("b", [False, False]))
+    collapse = joined.metric("collapse")
+    assert (collapse.value, collapse.n) == (0.25, 4)
+    assert [m.suite for m in joined.metrics] == ["a", "b", "collapse"] and joined.wall_s == 2.0
+    other = report("b", [True, True])
+    other.config["point"]["limit"] = 3  # other settings: not joined
+    assert [m.suite for m in _with_other_suites(report("a", [False]), other).metrics] == [
+        "a", "collapse"]  # fmt: skip

@@ -84,6 +84,8 @@ def run_grid(
     whose file already holds the same settings (suites, limit, seed, reply length, method, dtype,
     scored length and the sha256 of every vector it merges) is read back instead of evaluated
     again: a stopped grid resumes, and two processes can share one folder on disjoint points.
+    A point file is one per weights: a run on other suites at the same weights and settings adds
+    its suites to the file (and a run on fewer suites reads it back), so nothing evaluated is lost.
     """
     reports = []
     pdir = Path(points_dir) if points_dir is not None else None
@@ -101,11 +103,51 @@ def run_grid(
         target = handle.target(weights, method=method, label=label)
         report = run_eval(target, suites, ctx, label=label)
         report.config["point"] = settings
-        if path is not None:
+        if path is not None:  # read again now: another process may have written it meanwhile
+            report = _with_other_suites(report, _read_any(path))
             _write_point(path, report)
         reports.append(report)
     handle.merger.restore()
     return reports
+
+
+def _same_but_suites(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return {k: v for k, v in a.items() if k != "suites"} == {
+        k: v for k, v in b.items() if k != "suites"
+    }
+
+
+def _covers(point: dict[str, Any], want: dict[str, Any]) -> bool:
+    """Whether a point made with settings ``point`` answers a request for ``want``: the same
+    settings, and at least the suites asked for."""
+    return _same_but_suites(point, want) and set(want.get("suites", [])) <= set(
+        point.get("suites", [])
+    )
+
+
+def _with_other_suites(report: EvalReport, other: EvalReport | None) -> EvalReport:
+    """``report`` plus the suites that ``other`` (the same point, made with the same settings
+    otherwise) holds and ``report`` lacks; the pooled collapse rate is computed again."""
+    from prefvec.evaluation.runner import collapse_metric
+    from prefvec.evaluation.suites import COLLAPSE
+
+    mine, theirs = report.config.get("point") or {}, (other.config.get("point") if other else None)
+    if other is None or not theirs or not mine or not _same_but_suites(mine, theirs):
+        return report
+    extra = [s for s in theirs.get("suites", []) if s not in mine.get("suites", [])]
+    if not extra:
+        return report
+    report.metrics = [m for m in report.metrics if m.suite != COLLAPSE] + [
+        m for m in other.metrics if m.suite in extra
+    ]
+    report.items.update({s: v for s, v in other.items.items() if s in extra})
+    report.skipped.update({s: v for s, v in other.skipped.items() if s in extra})
+    collapse = collapse_metric(report)
+    if collapse is not None:
+        report.metrics.append(collapse)
+    report.config["point"] = {**mine, "suites": [*mine["suites"], *extra]}
+    report.wall_s += other.wall_s
+    return report
 
 
 def point_settings(
@@ -129,16 +171,22 @@ def _write_point(path: Path, report: EvalReport) -> None:
     atomic_write_bytes(path, json.dumps(report.to_dict(), indent=1, default=str).encode())
 
 
-def _read_point(path: Path, settings: dict[str, Any]) -> EvalReport | None:
+def _read_any(path: Path) -> EvalReport | None:
     if not path.is_file():
         return None
     try:
-        report = EvalReport.from_dict(json.loads(path.read_text()))
+        return EvalReport.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as exc:
         logger.warning("%s is unreadable (%s): evaluating the point again", path, exc)
         return None
-    if report.config.get("point") != settings:
-        logger.info("%s was made with other settings or vectors: evaluating it again", path)
+
+
+def _read_point(path: Path, settings: dict[str, Any]) -> EvalReport | None:
+    report = _read_any(path)
+    if report is None:
+        return None
+    if not _covers(report.config.get("point") or {}, settings):
+        logger.info("%s was made with other settings, suites or vectors: evaluating it", path)
         return None
     return report
 
@@ -188,7 +236,7 @@ def folder_points(
             want = point_settings(handle, point["weights"], suites, ctx, method)
         except PrefvecError:  # a vector this folder's point used is gone: not ours to merge
             continue
-        if point == want:
+        if _covers(point, want):
             extra.append(report)
     return [*reports, *sorted(extra, key=lambda r: r.label)]
 
@@ -199,7 +247,8 @@ def keep_earlier(
     """``reports``, then every point of an earlier ``grid.json`` this run did not evaluate, so
     that a run on some points does not drop the others from the file. An earlier point that
     records its vector hashes is kept only while those files are unchanged; one from before
-    hashes were recorded is kept as it is (logged)."""
+    hashes were recorded is kept as it is (logged). An earlier point at the same weights lends
+    this run's report the suites it lacks, where the other settings are the same."""
     path = Path(grid_json)
     if not path.is_file():
         return list(reports)
@@ -208,10 +257,11 @@ def keep_earlier(
     except (ValueError, KeyError, TypeError) as exc:
         logger.warning("%s is unreadable (%s): not keeping its points", path, exc)
         return list(reports)
-    seen = {weights_key(r.weights) for r in reports}
+    by_key = {weights_key(r.weights): r for r in reports}
     kept = []
     for report in earlier:
-        if weights_key(report.weights) in seen:
+        if weights_key(report.weights) in by_key:  # the same point: keep its other suites
+            _with_other_suites(by_key[weights_key(report.weights)], report)
             continue
         point = report.config.get("point") or {}
         if "vectors" in point:
