@@ -93,3 +93,53 @@ def test_main_cli_exposes_train_commands() -> None:
         ["train", "sequential", "--preferences", "harmless", "helpful"]
     )
     assert args.func.__name__ == "cmd_sequential"
+
+
+def test_sequential_from_a_start_vector_adds_its_factors(
+    tiny_base_dir: Path, tmp_path: Path
+) -> None:
+    """`start_vector`: stage 0 is a stored vector (not trained again); the next stage trains
+    from base + it, and the stored vector is exactly that stage's model minus the base."""
+    from prefvec.vector_store import PreferenceVector
+    from prefvec.vector_store.extract import load_state
+
+    a = write_pairs(tmp_path / "a.jsonl", 12, "yes yes", "no no", tag="A ")
+    b = write_pairs(tmp_path / "b.jsonl", 12, "sure", "never", tag="B ")
+    common = ["--base", str(tiny_base_dir), "--steps", "2", "--batch-size", "4", "--lora-r", "2",
+              "--lora-targets", "q_proj", "v_proj", "--learning-rate", "0.01", "--max-length",
+              "48", "--max-prompt-length", "24", "--progress", "false", "--device", "cpu",
+              "--no-store", "true"]  # fmt: skip
+    first = tmp_path / "a.safetensors"
+    assert main(["sequential", *common, "--preferences", "a", "--data-per-preference",
+                 f"a={a}", "--output-dir", str(tmp_path / "s1"), "--save-vector", str(first),
+                 "--name", "first"]) == 0  # fmt: skip
+    out, saved = tmp_path / "s2", tmp_path / "ab.safetensors"
+    assert main(["sequential", *common, "--preferences", "b", "--data-per-preference",
+                 f"b={b}", "--start-vector", str(first), "--output-dir", str(out),
+                 "--save-vector", str(saved)]) == 0  # fmt: skip
+    start, vec = PreferenceVector.load(first), PreferenceVector.load(saved)
+    assert vec.metadata.rank == 4
+    for module, (a_f, b_f) in start.factors().items():
+        a_all, b_all = vec.factors()[module]
+        torch.testing.assert_close(a_all[:2], a_f, rtol=0, atol=0)
+        torch.testing.assert_close(b_all[:, :2], b_f, rtol=0, atol=0)
+    base, final = load_state(tiny_base_dir), load_state(out / "stage1-b" / "merged")
+    stage0 = load_state(out / "stage0-first" / "merged")
+    for name, delta in vec.to_dense().items():
+        torch.testing.assert_close(base[name] + delta, final[name], rtol=0, atol=1e-6)
+    for name, delta in start.to_dense().items():  # stage 1 started from base + the start vector
+        torch.testing.assert_close(base[name] + delta, stage0[name], rtol=0, atol=1e-6)
+    report = json.loads((out / "report.json").read_text())
+    assert [s["preference"] for s in report["stages"]] == ["first", "b"]
+    assert report["stages"][0]["start_vector"] == str(first)
+    # a vector of another base, or a missing file, is a ValidationError naming the field
+    other = PreferenceVector(
+        start.metadata.model_copy(update={"base_fingerprint": "pvfp1:" + "0" * 40}),
+        start.tensors,
+    )
+    other.save(tmp_path / "other.safetensors")
+    for bad in (tmp_path / "other.safetensors", tmp_path / "missing.safetensors"):
+        assert main(["sequential", *common, "--preferences", "b", "--data-per-preference",
+                     f"b={b}", "--start-vector", str(bad), "--output-dir",
+                     str(tmp_path / "s3")]) == 2  # fmt: skip
+    assert not (tmp_path / "s3" / "report.json").exists()

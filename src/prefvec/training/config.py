@@ -361,6 +361,13 @@ class SequentialJobConfig(CommonTrainConfig):
             "Per-preference data as pref=file.jsonl (default: --data or the bundled sets)."
         ),
     )
+    start_vector: str | None = field(
+        default=None,
+        metadata=_h(
+            "A stored low-rank vector of the same base as stage 0 instead of training one: the "
+            "stages start from base + it, and the stored vector adds its factors (LoRA only)."
+        ),
+    )
 
 
 def data_for(cfg: CommonTrainConfig, preference: str) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from prefvec.errors import ValidationError
 from prefvec.training.config import SequentialJobConfig, data_for
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,36 @@ def concat_factors(
     return out
 
 
+def _start_vector(cfg: SequentialJobConfig, base_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The ``start_vector`` file, checked against the base, and its stage record."""
+    from prefvec.vector_store import PreferenceVector
+    from prefvec.vector_store.fingerprint import fingerprint_model_dir
+    from prefvec.vector_store.store import sha256_file
+
+    path = Path(str(cfg.start_vector))
+    if not path.is_file():
+        raise ValidationError(f"`start_vector` {str(path)!r} is not a file", field="start_vector")
+    vec = PreferenceVector.load(path)
+    if vec.kind != "lowrank" or not cfg.use_lora:
+        raise ValidationError(
+            f"`start_vector` {str(path)!r} is {vec.kind}; a sequential run starts from a "
+            "low-rank vector and trains LoRA stages (use_lora: true)",
+            field="start_vector",
+        )
+    fingerprint = fingerprint_model_dir(base_dir)
+    if vec.metadata.base_fingerprint != fingerprint:
+        raise ValidationError(
+            f"`start_vector` {str(path)!r} was made on base {vec.metadata.base_fingerprint}, "
+            f"not on {cfg.base!r} ({fingerprint})",
+            field="start_vector",
+        )
+    info = {
+        "preference": vec.name, "start_vector": str(path), "sha256": sha256_file(path),
+        "data_hash": vec.metadata.data_hash or "", "eval_scores": vec.metadata.eval_scores,
+    }  # fmt: skip
+    return vec, info
+
+
 def run_sequential_job(cfg: SequentialJobConfig) -> dict[str, Any]:
     """Train the preferences in order, each stage from the last; store θ_final − θ_base."""
     from prefvec.models import resolve_model_dir
@@ -58,9 +89,18 @@ def run_sequential_job(cfg: SequentialJobConfig) -> dict[str, Any]:
     base_dir = resolve_model_dir(cfg.base)
     out = Path(cfg.output_dir)
     current = base_dir
-    stages, factors, hashes = [], [], []
-    for i, pref in enumerate(cfg.preferences):
-        stage_dir = out / f"stage{i}-{pref}"
+    stages: list[dict[str, Any]] = []
+    factors, hashes = [], []
+    if cfg.start_vector:
+        start, info = _start_vector(cfg, base_dir)
+        stage_dir = out / f"stage0-{start.name}"
+        adapter = start.export_peft(stage_dir / "adapter", base_model=str(base_dir))
+        current = merge_adapter(base_dir, adapter, stage_dir / "merged")
+        factors.append(start.factors())
+        hashes.append(info["data_hash"][:16])
+        stages.append(info)
+    for pref in cfg.preferences:
+        stage_dir = out / f"stage{len(stages)}-{pref}"
         train, val, info = prepare_pairs(cfg, pref, data_for(cfg, pref))
         run = train_dpo_run(current, train, val, cfg, stage_dir)
         stages.append({"preference": pref, **info, **run.to_dict()})
@@ -75,7 +115,7 @@ def run_sequential_job(cfg: SequentialJobConfig) -> dict[str, Any]:
         "config": cfg.to_dict(),
         "versions": library_versions(),
         "stages": stages,
-        "eval": {"pos": stages[-1]["eval"]},
+        "eval": {"pos": stages[-1].get("eval")},
     }
     name = cfg.name or "seq-" + "-".join(cfg.preferences)
     if cfg.use_lora:
