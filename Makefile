@@ -116,13 +116,22 @@ results-heldout: install
 # comparison rows (issue 11): a vector that differs from a shipped one in one thing only,
 # trained by `make vectors-compare` into results/vectors/ (see results/vectors/README.md)
 # mo-v5: one model for helpful + harmless (w = ½, ½) by weighted sum, RACO and unclipped CAGrad,
-# the same data, losses and budget (results/configs/helpful-harmless-v5.yaml)
+# the same data, losses and budget (results/configs/helpful-harmless-v5.yaml); mora-v5: MORA
+# simultaneous and sequential on the new data; helpful-compliance: the anchored helpful plus a
+# compliance objective (not shipped)
 MO_CONFIG ?= results/configs/helpful-harmless-v5.yaml
 MO_POINTS ?= weighted-sum-helpful-harmless=1;raco-helpful-harmless=1;cagrad-helpful-harmless=1
+# MORA on the new data (results/vectors/mora-v5/, compare with harmless-v5 in results/eval/harmless-v5/)
+MORA_POINTS ?= mora-harmless-simultaneous=1;mora-harmless-simultaneous=1.5;mora-harmless-sequential=1;mora-harmless-sequential=1.5
+COMMA := ,
 results-compare: install
 	$(EVAL) grid $(EVAL_ARGS) --points "truthful-contrast=1" --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/eta-truthful
 	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/harmless-v5-contrast,$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "base;harmless=0.5;harmless=1;harmless=2" --suites harmbench,xstest_safe --out $(RESULTS_OUT)/harmless-v5-contrast
 	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/mo-v5,$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "$(MO_POINTS)" --suites harmbench,xstest_safe,alpaca_pairs --out $(RESULTS_OUT)/mo-v5
+	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/mora-v5,$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "$(MORA_POINTS)" --suites harmbench,xstest_safe --out $(RESULTS_OUT)/mora-v5
+	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-compliance$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1;helpful=1;helpful=2,harmless=1" --suites harmbench,xstest_safe --out $(RESULTS_OUT)/helpful-compliance
+	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-compliance$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1" --suites jbb_harmful,jbb_benign,do_not_answer --out $(RESULTS_OUT)/helpful-compliance
+	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-compliance$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --points "helpful=1;helpful=1,harmless=1" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-compliance
 
 vectors-compare: install
 	$(VENV)/bin/prefvec train dpo --config results/configs/truthful-contrast.yaml
@@ -130,6 +139,10 @@ vectors-compare: install
 	$(VENV)/bin/prefvec train raco --config $(MO_CONFIG) --resume
 	$(VENV)/bin/prefvec train raco --config $(MO_CONFIG) --resume --mode raco --name raco-helpful-harmless --output-dir out/vectors/mo-v5/raco --save-vector results/vectors/mo-v5/raco-helpful-harmless.safetensors
 	$(VENV)/bin/prefvec train raco --config $(MO_CONFIG) --resume --mode cagrad --name cagrad-helpful-harmless --output-dir out/vectors/mo-v5/cagrad --save-vector results/vectors/mo-v5/cagrad-helpful-harmless.safetensors
+	$(VENV)/bin/prefvec train dpo --config results/configs/mora-v5-simultaneous.yaml --resume
+	$(VENV)/bin/prefvec mora run --config results/configs/mora-v5-run.yaml
+	$(VENV)/bin/prefvec train sequential --config results/configs/mora-v5-sequential.yaml --resume
+	$(VENV)/bin/prefvec train raco --config results/configs/helpful-compliance.yaml --resume
 
 # TruthfulQA MC2 on all 790 questions (not in `make results`: ≈ 2 × MC1's cost per point)
 results-mc2: install
