@@ -132,6 +132,12 @@ def test_sequential_from_a_start_vector_adds_its_factors(
     report = json.loads((out / "report.json").read_text())
     assert [s["preference"] for s in report["stages"]] == ["first", "b"]
     assert report["stages"][0]["start_vector"] == str(first)
+    from prefvec.training.card import render_card  # the card names both stages and the command
+
+    card = render_card(saved, config_path="seq.yaml")
+    assert "prefvec train sequential --config seq.yaml" in card and "train raco" not in card
+    assert f"| 0 | first | stored vector `{first}`" in card and "| 1 | b | DPO, 2 steps |" in card
+    assert "nan" not in card and "machine: cpu" in card
     # a vector of another base, or a missing file, is a ValidationError naming the field
     other = PreferenceVector(
         start.metadata.model_copy(update={"base_fingerprint": "pvfp1:" + "0" * 40}),

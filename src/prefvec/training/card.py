@@ -161,6 +161,8 @@ def render_card(
     cfg: dict[str, Any] = meta.get("config") or {}
     extra: dict[str, Any] = meta.get("extra") or {}
     name = meta.get("name") or Path(vector).stem
+    if extra.get("stages"):
+        return _sequential_card(meta, vector, config_path, notes, machine, root)
     if cfg.get("preferences"):
         return _joint_card(meta, vector, config_path, notes, machine, root)
     if config_path is None:
@@ -232,14 +234,103 @@ def render_card(
         lines.append(f"- training {run}: {_minutes(float(s))}{per} (incl. validation)")
     lines += _machine_and_versions(extra, machine)
     for run, curve in (extra.get("curves") or {}).items():
-        lines += ["", f"## Training curve ({run})", "", "| step | loss | reward acc. | margin |",
-                  "|---:|---:|---:|---:|"]  # fmt: skip
-        for c in curve:
+        lines += _curve_lines(f"Training curve ({run})", curve)
+    return _with_notes(lines, notes)
+
+
+def _curve_lines(title: str, curve: list[dict[str, Any]]) -> list[str]:
+    """A DPO run's logged steps as a Markdown table."""
+    lines = [
+        "",
+        f"## {title}",
+        "",
+        "| step | loss | reward acc. | margin |",
+        "|---:|---:|---:|---:|",
+    ]
+    for c in curve:
+        lines.append(
+            f"| {c.get('step', 0):.0f} | {c.get('loss', float('nan')):.3f} | "
+            f"{c.get('reward_accuracy', float('nan')):.2f} | "
+            f"{c.get('reward_margin', float('nan')):+.2f} |"
+        )
+    return lines
+
+
+def _sequential_card(
+    meta: dict[str, Any],
+    vector: str | Path,
+    config_path: str | None,
+    notes: str,
+    machine: str | None,
+    root: str | Path,
+) -> str:
+    """The card of a sequential-alignment vector (``prefvec train sequential``): one stage after
+    another, each from the last; stage 0 may be a stored vector (``start_vector``)."""
+    cfg: dict[str, Any] = meta.get("config") or {}
+    extra: dict[str, Any] = meta.get("extra") or {}
+    name = meta.get("name") or Path(vector).stem
+    stages: list[dict[str, Any]] = extra.get("stages") or []
+    order = " → ".join(f"`{st.get('preference', '?')}`" for st in stages)
+    lines = [
+        *_head(
+            meta,
+            name,
+            f"θ_final − θ_base of DPO stages run one after another ({order}), "
+            "each from the last stage's model, which is also its reference",
+        ),
+        f"prefvec train sequential --config {config_path or '<config>'}",
+        "```",
+        "",
+        "## Stages",
+        "",
+        "Held-out DPO reward accuracy of each trained stage on its own validation pairs "
+        "(implicit reward against the stage's reference, the model before it; 95% Wilson "
+        "interval).",
+        "",
+        "| stage | preference | made by | pairs (train / val) | accuracy [95% CI] | mean margin "
+        "| loss | wall |",
+        "|---:|---|---|---|---|---:|---:|---:|",
+    ]
+    for i, st in enumerate(stages):
+        if st.get("start_vector"):
+            scores = st.get("eval_scores") or {}
+            acc = scores.get("val_reward_accuracy")
             lines.append(
-                f"| {c.get('step', 0):.0f} | {c.get('loss', float('nan')):.3f} | "
-                f"{c.get('reward_accuracy', float('nan')):.2f} | "
-                f"{c.get('reward_margin', float('nan')):+.2f} |"
+                f"| {i} | {st.get('preference')} | stored vector `{st['start_vector']}` (sha256 "
+                f"`{str(st.get('sha256', '?'))[:16]}…`), not trained here | — | "
+                f"{'—' if acc is None else f'{acc:.3f} (its own card)'} | — | — | — |"
             )
+            continue
+        n_val = int(st.get("n_val") or 0)
+        wall = float(st.get("wall_s") or 0.0)
+        lines.append(
+            f"| {i} | {st.get('preference')} | DPO, {st.get('steps', cfg.get('steps'))} steps | "
+            f"{st.get('n_train', '?')} / {n_val} | {_accuracy_cells(st.get('eval') or {}, n_val)}"
+            f" | {_minutes(wall)} |"
+        )
+    lines += ["", "## Data", ""]
+    for i, st in enumerate(stages):
+        if st.get("start_vector"):
+            lines.append(f"- stage {i}: the stored vector's data hash `{st.get('data_hash', '?')}`")
+            continue
+        lines += [_data_line(rep, root, f"stage {i}: ") for rep in st.get("reports", [])]
+        lines.append(f"  - data hash `{st.get('data_hash', '?')}`")
+    lines += [
+        f"- split by sha256(seed, prompt): validation share {cfg.get('val_fraction')}, seed "
+        f"{cfg.get('seed')}",
+        "",
+        "## Settings (every trained stage)",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {_fmt(k, cfg[k])} |" for k in (*_SETTINGS, "preferences", "start_vector")
+              if k in cfg and cfg[k] is not None]  # fmt: skip
+    lines += ["", "## Machine", "", *_machine_and_versions(extra, machine)]
+    for i, st in enumerate(stages):
+        if st.get("curves"):
+            lines += _curve_lines(f"Training curve (stage {i}, {st.get('preference')})",
+                                  st["curves"])  # fmt: skip
     return _with_notes(lines, notes)
 
 

@@ -82,6 +82,7 @@ def _start_vector(cfg: SequentialJobConfig, base_dir: Path) -> tuple[Any, dict[s
 def run_sequential_job(cfg: SequentialJobConfig) -> dict[str, Any]:
     """Train the preferences in order, each stage from the last; store θ_final − θ_base."""
     from prefvec.models import resolve_model_dir
+    from prefvec.training.card import machine_info
     from prefvec.training.dpo import library_versions, prepare_pairs, train_dpo_run
     from prefvec.training.extract import dense_difference, lowrank_from_factors, store_vector
     from prefvec.vector_store.extract import load_lora_factors
@@ -114,6 +115,7 @@ def run_sequential_job(cfg: SequentialJobConfig) -> dict[str, Any]:
         "data_hash": ":".join(hashes),
         "config": cfg.to_dict(),
         "versions": library_versions(),
+        "machine": machine_info(),
         "stages": stages,
         "eval": {"pos": stages[-1].get("eval")},
     }
