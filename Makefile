@@ -122,7 +122,7 @@ results-heldout: install
 MO_CONFIG ?= results/configs/helpful-harmless-v5.yaml
 MO_POINTS ?= weighted-sum-helpful-harmless=1;raco-helpful-harmless=1;cagrad-helpful-harmless=1
 # MORA on the new data (results/vectors/mora-v5/, compare with harmless-v5 in results/eval/harmless-v5/)
-MORA_POINTS ?= mora-harmless-simultaneous=1;mora-harmless-simultaneous=1.5;mora-harmless-sequential=1;mora-harmless-sequential=1.5
+MORA_POINTS ?= mora-harmless-simultaneous=1;mora-harmless-simultaneous=1.5;mora-harmless-sequential=1;mora-harmless-sequential=1.5;mora-harmless-sequential-4steps=1;mora-harmless-sequential-4steps=1.5
 COMMA := ,
 results-compare: install
 	$(EVAL) grid $(EVAL_ARGS) --points "truthful-contrast=1" --suites truthfulqa_mc1,truthfulqa_mc1_heldout --out $(RESULTS_OUT)/eta-truthful
@@ -142,6 +142,7 @@ vectors-compare: install
 	$(VENV)/bin/prefvec train dpo --config results/configs/mora-v5-simultaneous.yaml --resume
 	$(VENV)/bin/prefvec mora run --config results/configs/mora-v5-run.yaml
 	$(VENV)/bin/prefvec train sequential --config results/configs/mora-v5-sequential.yaml --resume
+	$(VENV)/bin/prefvec train sequential --config results/configs/mora-v5-sequential-4steps.yaml --resume
 	$(VENV)/bin/prefvec train raco --config results/configs/helpful-compliance.yaml --resume
 
 # TruthfulQA MC2 on all 790 questions (not in `make results`: ≈ 2 × MC1's cost per point)
