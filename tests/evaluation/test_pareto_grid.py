@@ -127,7 +127,7 @@ def test_run_grid_resumes_from_points(handle, tmp_path: Path, monkeypatch) -> No
     ctx = RunContext(limit=3, progress=False)
     points = tmp_path / "points"
     first = run_grid(handle, [{"helpful": 1.0}], ["hhh_helpful"], ctx, points_dir=points)
-    assert (points / "helpful=1.json").is_file() and not list(points.glob("*.tmp"))
+    assert len(list(points.glob("helpful=1~*.json"))) == 1 and not list(points.glob("*.tmp"))
     # a second process adds another point to the same folder
     run_grid(handle, [{"helpful": -1.0}], ["hhh_helpful"], ctx, points_dir=points)
 
@@ -141,7 +141,7 @@ def test_run_grid_resumes_from_points(handle, tmp_path: Path, monkeypatch) -> No
     assert calls == ["base", "helpful=1"]
     # the folder's files gather every point made with the same settings, this run's first
     merged = folder_points(points, again, handle, ctx, ["hhh_helpful"], "linear")
-    # (the limit-2 run replaced helpful=1's file, so the folder's copy of it no longer matches)
+    # (the limit-2 run wrote a file of its own beside the limit-3 one, which still matches)
     assert [r.label for r in merged] == ["helpful=1", "base", "helpful=-1"]
     merged = folder_points(points, again[1:], handle, RunContext(limit=2, progress=False),
                            ["hhh_helpful"], "linear")  # fmt: skip
@@ -152,7 +152,7 @@ def test_grid_points_key_on_non_zero_weights(handle, tmp_path: Path) -> None:  #
     ctx = RunContext(limit=2, progress=False)
     points = tmp_path / "points"
     (first,) = run_grid(handle, [{"helpful": 0.0}], ["hhh_helpful"], ctx, points_dir=points)
-    assert [p.name for p in points.glob("*.json")] == ["base.json"]
+    assert [p.name.split("~")[0] for p in points.glob("*.json")] == ["base"]
     (again,) = run_grid(handle, [{}], ["hhh_helpful"], ctx, points_dir=points)
     assert again.wall_s == first.wall_s  # read back, not evaluated again ...
     assert again.label == "base" and again.weights == {}  # ... under this run's label
@@ -160,9 +160,9 @@ def test_grid_points_key_on_non_zero_weights(handle, tmp_path: Path) -> None:  #
                         points_dir=points)  # fmt: skip
     (swapped,) = run_grid(handle, [{"concise": 0.5, "helpful": 1.0}], ["hhh_helpful"], ctx,
                           points_dir=points)  # fmt: skip
-    assert sorted(p.name for p in points.glob("*.json")) == [
-        "base.json",
-        "concise=0.5,helpful=1.json",
+    assert sorted(p.name.split("~")[0] for p in points.glob("*.json")) == [
+        "base",
+        "concise=0.5,helpful=1",
     ]
     assert swapped.label == "concise=0.5,helpful=1" and swapped.wall_s == mixed.wall_s
 
@@ -191,7 +191,9 @@ def test_grid_json_seeds_points_on_a_fresh_clone(handle, tmp_path: Path, monkeyp
     run_grid(handle, [{"helpful": 1.0}], ["hhh_helpful"], RunContext(limit=1, progress=False),
              points_dir=points)  # fmt: skip
     assert calls == ["helpful=1"]
-    assert json.loads((points / "helpful=1.json").read_text())["config"]["point"]["limit"] == 1
+    limits = [json.loads(f.read_text())["config"]["point"]["limit"]
+              for f in points.glob("helpful=1~*.json")]  # fmt: skip
+    assert sorted(limits) == [1, 2]  # a run with other settings keeps the other file
 
 
 def test_keep_earlier_keeps_other_runs_points_while_their_vectors_match(
@@ -257,7 +259,8 @@ def test_points_of_other_suites_at_the_same_weights_are_kept(
     assert [m.suite for m in both.metrics] == ["hh_rlhf_pairs", "hhh_helpful"]
     assert both.metric("hhh_helpful").value == mc_value and set(both.items) == {
         "hh_rlhf_pairs", "hhh_helpful"}  # fmt: skip
-    saved = json.loads((points / "helpful=1.json").read_text())
+    (saved_file,) = points.glob("helpful=1~*.json")
+    saved = json.loads(saved_file.read_text())
     assert saved["config"]["point"]["suites"] == ["hh_rlhf_pairs", "hhh_helpful"]
     calls = _count_evals(monkeypatch)
     for suites in (["hhh_helpful"], ["hh_rlhf_pairs"], ["hhh_helpful", "hh_rlhf_pairs"]):
@@ -267,6 +270,17 @@ def test_points_of_other_suites_at_the_same_weights_are_kept(
     (alone,) = run_grid(handle, [{"helpful": 1.0}], ["hh_rlhf_pairs"],
                         RunContext(limit=1, progress=False), points_dir=points)  # fmt: skip
     assert calls == ["helpful=1"] and [m.suite for m in alone.metrics] == ["hh_rlhf_pairs"]
+    assert len(list(points.glob("helpful=1~*.json"))) == 2  # neither file overwrote the other
+    # ... and in grid.json the earlier point stays beside it for the suite it alone has
+    from prefvec.evaluation.table import select_rows
+
+    kept = keep_earlier(grid_json, [alone], handle)
+    assert [r.config["point"]["limit"] for r in kept] == [1, 2]
+    assert select_rows(kept, ["helpful=1"]) == [alone]
+    # an earlier point with other settings and no suite of its own is replaced
+    assert keep_earlier(grid_json, [mc_limit_1 := run_grid(handle, [{"helpful": 1.0}],
+                        ["hhh_helpful"], RunContext(limit=1, progress=False))[0]], handle) == [
+        mc_limit_1]  # fmt: skip
     # without a points folder, the earlier grid.json's other suite joins the same point
     (fresh,) = run_grid(handle, [{"helpful": 1.0}], ["hh_rlhf_pairs"], ctx)
     (kept,) = keep_earlier(grid_json, [fresh], handle)

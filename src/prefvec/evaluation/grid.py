@@ -63,9 +63,16 @@ def point_label(weights: dict[str, float]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in weights.items()) or "base"
 
 
-def _point_file(points_dir: Path, label: str) -> Path:
+def _point_file(points_dir: Path, settings: dict[str, Any]) -> Path:
+    """``<weights>~<hash of the other settings>.json``: one file per point and settings, so a
+    run with other settings (a limit, a reply length, a changed vector) never overwrites it."""
+    import hashlib
+
+    label = weights_key(settings.get("weights") or {})
     slug = "".join(c if c.isalnum() or c in "=.,-" else "_" for c in label)
-    return points_dir / f"{slug}.json"
+    rest = {k: v for k, v in settings.items() if k != "suites"}
+    digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()
+    return points_dir / f"{slug}~{digest[:10]}.json"
 
 
 def run_grid(
@@ -92,7 +99,7 @@ def run_grid(
     for i, weights in enumerate(grid):
         label = point_label(weights)
         settings = point_settings(handle, weights, suites, ctx, method)
-        path = _point_file(pdir, weights_key(weights)) if pdir is not None else None
+        path = _point_file(pdir, settings) if pdir is not None else None
         cached = _read_point(path, settings) if path is not None else None
         if cached is not None:
             logger.info("grid point %d/%d: %s (reusing %s)", i + 1, len(grid), label, path)
@@ -127,9 +134,8 @@ def _covers(point: dict[str, Any], want: dict[str, Any]) -> bool:
 
 def _with_other_suites(report: EvalReport, other: EvalReport | None) -> EvalReport:
     """``report`` plus the suites that ``other`` (the same point, made with the same settings
-    otherwise) holds and ``report`` lacks; the pooled collapse rate is computed again."""
-    from prefvec.evaluation.runner import collapse_metric
-    from prefvec.evaluation.suites import COLLAPSE
+    otherwise) holds and ``report`` lacks (in place); the pooled collapse rate is computed again."""
+    from prefvec.evaluation.table import merge_by_weights
 
     mine, theirs = report.config.get("point") or {}, (other.config.get("point") if other else None)
     if other is None or not theirs or not mine or not _same_but_suites(mine, theirs):
@@ -137,16 +143,10 @@ def _with_other_suites(report: EvalReport, other: EvalReport | None) -> EvalRepo
     extra = [s for s in theirs.get("suites", []) if s not in mine.get("suites", [])]
     if not extra:
         return report
-    report.metrics = [m for m in report.metrics if m.suite != COLLAPSE] + [
-        m for m in other.metrics if m.suite in extra
-    ]
-    report.items.update({s: v for s, v in other.items.items() if s in extra})
+    (joined,) = merge_by_weights([report, other])
+    report.metrics, report.items, report.wall_s = joined.metrics, joined.items, joined.wall_s
     report.skipped.update({s: v for s, v in other.skipped.items() if s in extra})
-    collapse = collapse_metric(report)
-    if collapse is not None:
-        report.metrics.append(collapse)
     report.config["point"] = {**mine, "suites": [*mine["suites"], *extra]}
-    report.wall_s += other.wall_s
     return report
 
 
@@ -209,7 +209,7 @@ def seed_points(grid_json: str | Path, points_dir: str | Path) -> int:
         point = report.config.get("point") or {}
         if "weights" not in point:
             continue
-        target = _point_file(pdir, weights_key(point["weights"]))
+        target = _point_file(pdir, point)
         if not target.exists():
             _write_point(target, report)
             n += 1
@@ -248,7 +248,9 @@ def keep_earlier(
     that a run on some points does not drop the others from the file. An earlier point that
     records its vector hashes is kept only while those files are unchanged; one from before
     hashes were recorded is kept as it is (logged). An earlier point at the same weights lends
-    this run's report the suites it lacks, where the other settings are the same."""
+    this run's report the suites it lacks where the other settings are the same, and stays a
+    report of its own (after this run's, which tables read first) where they differ and it holds
+    suites this run's report lacks."""
     path = Path(grid_json)
     if not path.is_file():
         return list(reports)
@@ -260,9 +262,16 @@ def keep_earlier(
     by_key = {weights_key(r.weights): r for r in reports}
     kept = []
     for report in earlier:
-        if weights_key(report.weights) in by_key:  # the same point: keep its other suites
-            _with_other_suites(by_key[weights_key(report.weights)], report)
-            continue
+        mine = by_key.get(weights_key(report.weights))
+        if mine is not None:  # the same point: keep its other suites
+            before = {m.suite for m in mine.metrics}
+            _with_other_suites(mine, report)
+            lacking = {m.suite for m in report.metrics} - {m.suite for m in mine.metrics}
+            if not lacking or {m.suite for m in mine.metrics} != before:
+                continue
+            # made with other settings: it stays a report of its own for the suites it alone has
+            logger.info("keeping %s from %s beside this run's: other settings, suites %s",
+                        report.label, path, sorted(lacking))  # fmt: skip
         point = report.config.get("point") or {}
         if "vectors" in point:
             try:

@@ -65,11 +65,14 @@ def merge_by_weights(reports: Sequence[EvalReport]) -> list[EvalReport]:
 
 
 def select_rows(reports: Sequence[EvalReport], rows: Sequence[str]) -> list[EvalReport]:
-    """The reports whose weights key (see :func:`weights_key`) is in ``rows``, in that order."""
+    """The reports whose weights key (see :func:`weights_key`) is in ``rows``, in that order
+    (the first report of a key where a file holds several)."""
     from prefvec.errors import ValidationError
     from prefvec.weights import parse_weights
 
-    by_key = {weights_key(r.weights): r for r in reports}
+    by_key: dict[str, EvalReport] = {}
+    for r in reports:
+        by_key.setdefault(weights_key(r.weights), r)
     want = [weights_key(parse_weights("" if w.strip() == "base" else w)) for w in rows]
     missing = [w for w, k in zip(rows, want, strict=True) if k not in by_key]
     if missing:
