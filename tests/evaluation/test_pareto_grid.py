@@ -146,6 +146,11 @@ def test_run_grid_resumes_from_points(handle, tmp_path: Path, monkeypatch) -> No
     merged = folder_points(points, again[1:], handle, RunContext(limit=2, progress=False),
                            ["hhh_helpful"], "linear")  # fmt: skip
     assert [r.label for r in merged] == ["base", "helpful=1"]
+    # a second file of one point (a name from before files were keyed by settings) adds nothing
+    (legacy,) = points.glob("helpful=-1~*.json")
+    (points / "helpful=-1.json").write_text(legacy.read_text())
+    merged = folder_points(points, again, handle, ctx, ["hhh_helpful"], "linear")
+    assert [r.label for r in merged] == ["helpful=1", "base", "helpful=-1"]
 
 
 def test_grid_points_key_on_non_zero_weights(handle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -238,6 +238,7 @@ def folder_points(
             continue
         if _covers(point, want):
             extra.append(report)
+            seen.add(weights_key(point["weights"]))  # one report per point (files of older names)
     return [*reports, *sorted(extra, key=lambda r: r.label)]
 
 
