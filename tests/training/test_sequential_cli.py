@@ -11,7 +11,12 @@ import torch
 
 from prefvec.errors import ValidationError
 from prefvec.training.cli import main, register
-from prefvec.training.config import DPOJobConfig, RacoJobConfig, config_from_args
+from prefvec.training.config import (
+    DPOJobConfig,
+    RacoJobConfig,
+    SequentialJobConfig,
+    config_from_args,
+)
 from tests.training.conftest import write_pairs
 
 
@@ -43,6 +48,8 @@ def test_config_validation_collects_problems(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as err:
         DPOJobConfig(beta=0.0, steps=0, method="nope")
     assert len(err.value.problems) == 3 and "`beta`" in err.value.message
+    with pytest.raises(ValidationError, match="preferences"):
+        SequentialJobConfig(preferences=[])
     with pytest.raises(ValidationError, match="simplex"):
         RacoJobConfig(preferences=["a", "b"], weights=[0.9, 0.9])
     bad = tmp_path / "bad.yaml"
@@ -124,7 +131,8 @@ def test_sequential_from_a_start_vector_adds_its_factors(
         torch.testing.assert_close(a_all[:2], a_f, rtol=0, atol=0)
         torch.testing.assert_close(b_all[:, :2], b_f, rtol=0, atol=0)
     base, final = load_state(tiny_base_dir), load_state(out / "stage1-b" / "merged")
-    stage0 = load_state(out / "stage0-first" / "merged")
+    (stage0_dir,) = out.glob("stage0-first-*")
+    stage0 = load_state(stage0_dir / "merged")
     for name, delta in vec.to_dense().items():
         torch.testing.assert_close(base[name] + delta, final[name], rtol=0, atol=1e-6)
     for name, delta in start.to_dense().items():  # stage 1 started from base + the start vector
@@ -144,7 +152,9 @@ def test_sequential_from_a_start_vector_adds_its_factors(
         start.tensors,
     )
     other.save(tmp_path / "other.safetensors")
-    for bad in (tmp_path / "other.safetensors", tmp_path / "missing.safetensors"):
+    (tmp_path / "junk.safetensors").write_bytes(b"not a vector")
+    for bad in (tmp_path / "other.safetensors", tmp_path / "missing.safetensors",
+                tmp_path / "junk.safetensors"):  # fmt: skip
         assert main(["sequential", *common, "--preferences", "b", "--data-per-preference",
                      f"b={b}", "--start-vector", str(bad), "--output-dir",
                      str(tmp_path / "s3")]) == 2  # fmt: skip

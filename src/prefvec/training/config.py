@@ -369,6 +369,12 @@ class SequentialJobConfig(CommonTrainConfig):
         ),
     )
 
+    def _problems(self) -> list[str]:
+        p = super()._problems()
+        if not self.preferences:
+            p.append("`preferences` needs at least 1 name to train, got []")
+        return p
+
 
 def data_for(cfg: CommonTrainConfig, preference: str) -> list[str]:
     """Data files of one preference: its ``pref=file`` entry, else ``cfg.data`` (else bundled)."""

@@ -58,7 +58,13 @@ def _start_vector(cfg: SequentialJobConfig, base_dir: Path) -> tuple[Any, dict[s
     path = Path(str(cfg.start_vector))
     if not path.is_file():
         raise ValidationError(f"`start_vector` {str(path)!r} is not a file", field="start_vector")
-    vec = PreferenceVector.load(path)
+    try:
+        vec = PreferenceVector.load(path)
+    except Exception as exc:  # not a safetensors file, or no prefvec metadata: say which file
+        raise ValidationError(
+            f"`start_vector` {str(path)!r} is not a readable vector file: {exc}",
+            field="start_vector",
+        ) from exc
     if vec.kind != "lowrank" or not cfg.use_lora:
         raise ValidationError(
             f"`start_vector` {str(path)!r} is {vec.kind}; a sequential run starts from a "
@@ -94,7 +100,8 @@ def run_sequential_job(cfg: SequentialJobConfig) -> dict[str, Any]:
     factors, hashes = [], []
     if cfg.start_vector:
         start, info = _start_vector(cfg, base_dir)
-        stage_dir = out / f"stage0-{start.name}"
+        # the file's hash in the folder name: another start vector never reuses this merge
+        stage_dir = out / f"stage0-{start.name}-{info['sha256'][:10]}"
         adapter = start.export_peft(stage_dir / "adapter", base_model=str(base_dir))
         current = merge_adapter(base_dir, adapter, stage_dir / "merged")
         factors.append(start.factors())
