@@ -91,8 +91,10 @@ def run_grid(
     whose file already holds the same settings (suites, limit, seed, reply length, method, dtype,
     scored length and the sha256 of every vector it merges) is read back instead of evaluated
     again: a stopped grid resumes, and two processes can share one folder on disjoint points.
-    A point file is one per weights: a run on other suites at the same weights and settings adds
-    its suites to the file (and a run on fewer suites reads it back), so nothing evaluated is lost.
+    A point file is one per weights and settings (see :func:`_point_file`): a run on other
+    suites at the same weights and settings adds its suites to the file (and a run on fewer
+    suites reads it back), and a run with other settings writes a file of its own, so nothing
+    evaluated is lost.
     """
     reports = []
     pdir = Path(points_dir) if points_dir is not None else None
@@ -264,13 +266,15 @@ def keep_earlier(
     kept = []
     for report in earlier:
         mine = by_key.get(weights_key(report.weights))
-        if mine is not None:  # the same point: keep its other suites
-            before = {m.suite for m in mine.metrics}
-            _with_other_suites(mine, report)
-            lacking = {m.suite for m in report.metrics} - {m.suite for m in mine.metrics}
-            if not lacking or {m.suite for m in mine.metrics} != before:
+        if mine is not None:  # the same point
+            theirs = report.config.get("point") or {}
+            if _same_but_suites(mine.config.get("point") or {}, theirs):
+                _with_other_suites(mine, report)  # same settings: one report, its suites joined
                 continue
-            # made with other settings: it stays a report of its own for the suites it alone has
+            lacking = {m.suite for m in report.metrics} - {m.suite for m in mine.metrics}
+            if not lacking:
+                continue
+            # other settings: it stays a report of its own for the suites it alone has
             logger.info("keeping %s from %s beside this run's: other settings, suites %s",
                         report.label, path, sorted(lacking))  # fmt: skip
         point = report.config.get("point") or {}

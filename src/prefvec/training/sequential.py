@@ -124,7 +124,7 @@ def run_sequential_job(cfg: SequentialJobConfig) -> dict[str, Any]:
         "versions": library_versions(),
         "machine": machine_info(),
         "stages": stages,
-        "eval": {"pos": stages[-1].get("eval")},
+        "eval": {"pos": stages[-1]["eval"]},  # the last stage is trained (config)
     }
     name = cfg.name or "seq-" + "-".join(cfg.preferences)
     if cfg.use_lora:
