@@ -370,3 +370,78 @@ def test_card_of_an_anchored_job_names_the_anchor(
     assert report["eval"]["per_objective"]["b"]["loss"] >= 0.0
     card = render_card(tmp_path / "v.safetensors", config_path="c.yaml", root=tmp_path)
     assert "| b (anchor) |" in card and "| anchors | [b] |" in card
+
+
+def test_job_on_top_of_a_vector_trains_from_base_plus_it_and_stores_only_the_change(
+    tiny_base_dir: Path, toy_pairs_file: Path, tmp_path: Path
+) -> None:
+    """`on_top_of`: the policy starts from (and the reference is) base + the stored vector; the
+    stored result is the trained change alone, so base + start + it == the trained model."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from prefvec.errors import ValidationError
+    from prefvec.training.card import render_card
+    from prefvec.training.raco import run_raco_job
+    from prefvec.vector_store import PreferenceVector
+    from prefvec.vector_store.extract import load_state
+
+    common = dict(
+        base=str(tiny_base_dir), preferences=["a", "b"], mode="weighted_sum", anchors=["b"],
+        data_per_preference=[f"a={toy_pairs_file}", f"b={toy_pairs_file}"],
+        lora_targets=["q_proj", "v_proj"], lora_r=2, steps=2, batch_size=2, max_length=64,
+        max_prompt_length=32, progress=False, device="cpu", learning_rate=0.05, no_store=True,
+    )  # fmt: skip
+    first = tmp_path / "start.safetensors"
+    run_raco_job(RacoJobConfig(**common, output_dir=str(tmp_path / "r1"),  # type: ignore[arg-type]
+                               save_vector=str(first), name="start"))  # fmt: skip
+    out, saved = tmp_path / "r2", tmp_path / "top.safetensors"
+    report = run_raco_job(
+        RacoJobConfig(
+            **common,
+            output_dir=str(out),
+            save_vector=str(saved),  # type: ignore[arg-type]
+            on_top_of=str(first),
+            seed=1,
+        )
+    )
+    start, top = PreferenceVector.load(first), PreferenceVector.load(saved)
+    assert top.metadata.rank == 2  # the change alone, not the start's factors as well
+    base = load_state(tiny_base_dir)
+    (start_dir,) = out.glob("stage0-start-*")
+    for name, delta in start.to_dense().items():  # the start model is exactly base + start
+        torch.testing.assert_close(base[name] + delta, load_state(start_dir / "merged")[name],
+                                   rtol=0, atol=1e-6)  # fmt: skip
+    adapter_cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert Path(adapter_cfg["base_model_name_or_path"]) == start_dir / "merged"
+    trained = (
+        PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(str(start_dir / "merged"), dtype=torch.float32),
+            str(out / "adapter"),
+        )
+        .merge_and_unload()
+        .state_dict()
+    )
+    dense_start, dense_top = start.to_dense(), top.to_dense()
+    assert dense_top and any(float(d.abs().max()) > 0 for d in dense_top.values())
+    for name in set(dense_start) | set(dense_top):
+        want = base[name] + dense_start.get(name, 0) + dense_top.get(name, 0)
+        torch.testing.assert_close(want, trained[name].float(), rtol=0, atol=1e-5)
+    assert report["on_top_of"]["on_top_of"] == str(first)
+    card = render_card(saved, config_path="c.yaml", root=tmp_path)
+    assert f"trained ON TOP OF `{first}`" in card and "where base + the start vector" in card
+    # a missing file or another base's vector: a ValidationError naming the field, nothing written
+    other = PreferenceVector(
+        start.metadata.model_copy(update={"base_fingerprint": "pvfp1:" + "0" * 40}),
+        start.tensors,
+    )
+    other.save(tmp_path / "other.safetensors")
+    for bad in (tmp_path / "other.safetensors", tmp_path / "missing.safetensors"):
+        cfg = RacoJobConfig(**common, output_dir=str(tmp_path / "r3"),  # type: ignore[arg-type]
+                            on_top_of=str(bad))  # fmt: skip
+        with pytest.raises(ValidationError, match="`on_top_of`") as err:
+            run_raco_job(cfg)
+        assert err.value.field == "on_top_of"
+    assert not (tmp_path / "r3").exists()

@@ -363,10 +363,19 @@ def _joint_card(
         f"(w = {', '.join(f'{w:g}' for w in weights)}), {what}"
     )
     anchors = list(cfg.get("anchors") or [])
+    top = extra.get("on_top_of") or {}
+    start = "base + the start vector" if top else "the base"
     if anchors:
         joint += (
             f"; {', '.join(f'`{a}`' for a in anchors)} as an anchor (its replies kept where "
-            "the base has them, not learnt)"
+            f"{start} has them, not learnt)"
+        )
+    if top:
+        joint += (
+            f"; trained ON TOP OF `{top.get('on_top_of')}` (vector `{top.get('preference')}`, "
+            f"sha256 {str(top.get('sha256', '?'))[:16]}…): policy start and reference are base + "
+            "that vector, and this file holds only the trained change, so it is meant to be "
+            "merged together with it"
         )
     lines = [
         *_head(meta, name, joint),
@@ -398,7 +407,7 @@ def _joint_card(
 
     keys = [k for k in _SETTINGS if k not in RACO_UNSUPPORTED]
     keys += ["preferences", "weights", "mode", "c", "nll_weights", "rescale"]
-    keys += [k for k in ("anchors", "data_kinds") if cfg.get(k)]
+    keys += [k for k in ("anchors", "data_kinds", "on_top_of") if cfg.get(k)]
     lines += [f"| {k} | {_fmt(k, cfg[k])} |" for k in keys if k in cfg]
     lines += [
         "",

@@ -277,6 +277,15 @@ class RacoJobConfig(CommonTrainConfig):
             "KL(π_base‖π) summed over each reply), so the vector leaves that behaviour alone."
         ),
     )
+    on_top_of: str | None = field(
+        default=None,
+        metadata=_h(
+            "A stored low-rank vector of the same base that this vector is trained on top of: "
+            "the policy starts from, and the reference (and the anchors) is, base + it; the "
+            "stored vector is only the trained change, meant to be merged together with it "
+            "(LoRA only)."
+        ),
+    )
     name: str | None = field(
         default=None, metadata=_h("Vector name for θ_RACO − θ_base (default: raco-<prefs>).")
     )

@@ -393,8 +393,14 @@ def run_raco_job(cfg: RacoJobConfig) -> dict[str, Any]:
 
     base_dir = resolve_model_dir(cfg.base)
     out = Path(cfg.output_dir)
+    start_dir, on_top_of = base_dir, None
+    if cfg.on_top_of:  # checked before anything is written
+        from prefvec.training.sequential import check_start_vector, merge_start_vector
+
+        start, on_top_of = check_start_vector(cfg.on_top_of, "on_top_of", cfg.use_lora, base_dir)
+        start_dir = merge_start_vector(start, on_top_of["sha256"], base_dir, out)
     out.mkdir(parents=True, exist_ok=True)
-    model, tok, ref = build_policy(base_dir, cfg)
+    model, tok, ref = build_policy(start_dir, cfg)
     pools, val, info = _pools(cfg, tok)
     trainer = RacoTrainer(
         model, tok, cfg.simplex_weights, mode=cfg.mode, c=cfg.c, beta=cfg.beta,
@@ -439,6 +445,8 @@ def run_raco_job(cfg: RacoJobConfig) -> dict[str, Any]:
         "data": info,
         "wall_s": wall,
     }
+    if on_top_of:
+        report["on_top_of"] = on_top_of
     name = cfg.name or "raco-" + "-".join(cfg.preferences)
     method = "raco" if cfg.mode != "weighted_sum" else "other"
     if cfg.use_lora:

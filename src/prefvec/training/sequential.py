@@ -49,40 +49,50 @@ def concat_factors(
     return out
 
 
-def _start_vector(cfg: SequentialJobConfig, base_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """The ``start_vector`` file, checked against the base, and its stage record."""
+def check_start_vector(
+    path_text: str, field: str, use_lora: bool, base_dir: Path
+) -> tuple[Any, dict[str, Any]]:
+    """A stored low-rank vector of this base that training starts from (``field`` names the
+    config field in errors), and its record: name, file, sha256, data hash, eval scores."""
     from prefvec.vector_store import PreferenceVector
     from prefvec.vector_store.fingerprint import fingerprint_model_dir
     from prefvec.vector_store.store import sha256_file
 
-    path = Path(str(cfg.start_vector))
+    path = Path(path_text)
     if not path.is_file():
-        raise ValidationError(f"`start_vector` {str(path)!r} is not a file", field="start_vector")
+        raise ValidationError(f"`{field}` {str(path)!r} is not a file", field=field)
     try:
         vec = PreferenceVector.load(path)
     except Exception as exc:  # not a safetensors file, or no prefvec metadata: say which file
         raise ValidationError(
-            f"`start_vector` {str(path)!r} is not a readable vector file: {exc}",
-            field="start_vector",
+            f"`{field}` {str(path)!r} is not a readable vector file: {exc}", field=field
         ) from exc
-    if vec.kind != "lowrank" or not cfg.use_lora:
+    if vec.kind != "lowrank" or not use_lora:
         raise ValidationError(
-            f"`start_vector` {str(path)!r} is {vec.kind}; a sequential run starts from a "
-            "low-rank vector and trains LoRA stages (use_lora: true)",
-            field="start_vector",
+            f"`{field}` {str(path)!r} is {vec.kind}; training from a stored vector needs a "
+            "low-rank vector and LoRA training (use_lora: true)",
+            field=field,
         )
     fingerprint = fingerprint_model_dir(base_dir)
     if vec.metadata.base_fingerprint != fingerprint:
         raise ValidationError(
-            f"`start_vector` {str(path)!r} was made on base {vec.metadata.base_fingerprint}, "
-            f"not on {cfg.base!r} ({fingerprint})",
-            field="start_vector",
+            f"`{field}` {str(path)!r} was made on base {vec.metadata.base_fingerprint}, "
+            f"not on this base ({fingerprint})",
+            field=field,
         )
     info = {
-        "preference": vec.name, "start_vector": str(path), "sha256": sha256_file(path),
+        "preference": vec.name, field: str(path), "sha256": sha256_file(path),
         "data_hash": vec.metadata.data_hash or "", "eval_scores": vec.metadata.eval_scores,
     }  # fmt: skip
     return vec, info
+
+
+def merge_start_vector(vec: Any, sha256: str, base_dir: Path, out: Path) -> Path:
+    """base + ``vec`` saved under ``out`` (a folder named by the vector and its file's hash,
+    so another file never reuses the merge); returns the merged model folder."""
+    stage_dir = out / f"stage0-{vec.name}-{sha256[:10]}"
+    adapter = vec.export_peft(stage_dir / "adapter", base_model=str(base_dir))
+    return merge_adapter(base_dir, adapter, stage_dir / "merged")
 
 
 def run_sequential_job(cfg: SequentialJobConfig) -> dict[str, Any]:
@@ -99,11 +109,10 @@ def run_sequential_job(cfg: SequentialJobConfig) -> dict[str, Any]:
     stages: list[dict[str, Any]] = []
     factors, hashes = [], []
     if cfg.start_vector:
-        start, info = _start_vector(cfg, base_dir)
-        # the file's hash in the folder name: another start vector never reuses this merge
-        stage_dir = out / f"stage0-{start.name}-{info['sha256'][:10]}"
-        adapter = start.export_peft(stage_dir / "adapter", base_model=str(base_dir))
-        current = merge_adapter(base_dir, adapter, stage_dir / "merged")
+        start, info = check_start_vector(
+            str(cfg.start_vector), "start_vector", cfg.use_lora, base_dir
+        )
+        current = merge_start_vector(start, info["sha256"], base_dir, out)
         factors.append(start.factors())
         hashes.append(info["data_hash"][:16])
         stages.append(info)
