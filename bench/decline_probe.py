@@ -1,0 +1,93 @@
+"""Behaviour, not reward accuracy: how many validation prompts of a training set get a decline?
+
+A vector's card reports held-out DPO reward accuracy: whether the chosen reply gained likelihood
+against the rejected one *relative to the reference*. That can be 1.00 while greedy decoding still
+gives the rejected behaviour. This probe takes the same validation split a training job uses
+(``prepare_pairs``: split by hash of the prompt, seed, share, cap, row kinds), merges each weight
+setting into the base in process (the evaluation's ``ModelHandle``) and counts greedy replies that
+the string-match judge calls a decline.
+
+    python bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds benign_risky \\
+        --vectors-dir results/vectors/helpful-on-harmless,vectors \\
+        --points "harmless=1;helpful=1,harmless=1" --out results/eval/decline-probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="decline_probe", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="preference JSONL (the training file)")
+    p.add_argument("--kinds", default="", help="only rows of these kinds, comma-separated")
+    p.add_argument("--points", required=True, help='weight settings, e.g. "harmless=1;base"')
+    p.add_argument("--vectors-dir", default="vectors", help="folder(s) of vector files")
+    p.add_argument("--base", default="bundled:smollm2-135m-instruct")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--max-val-pairs", type=int, default=120)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--out", default="", help="write every reply and the counts here (JSON)")
+    return p
+
+
+def parse_points(text: str) -> list[dict[str, float]]:
+    """``"harmless=1;helpful=1,harmless=1;base"`` → weight dicts (``base``: no vector)."""
+    from prefvec.weights import parse_weights
+
+    return [{} if p.strip() == "base" else parse_weights(p) for p in text.split(";") if p.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from prefvec.errors import ValidationError
+    from prefvec.evaluation.targets import ModelHandle
+    from prefvec.scoring.refusal import is_refusal
+    from prefvec.training.config import DPOJobConfig
+    from prefvec.training.dpo import prepare_pairs
+
+    args = build_parser().parse_args(argv)
+    try:
+        points = parse_points(args.points)
+        cfg = DPOJobConfig(
+            val_fraction=args.val_fraction, max_val_pairs=args.max_val_pairs, seed=args.seed
+        )
+        kinds = [k for k in args.kinds.split(",") if k]
+        _, val, info = prepare_pairs(cfg, "probe", [args.data], kinds)
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    prompts = [p.prompt for p in val]
+    handle = ModelHandle(args.base, vectors_dir=args.vectors_dir, dtype=args.dtype)
+    rows: list[dict[str, Any]] = []
+    for weights in points:
+        replies = handle.target(weights).generate(prompts, max_new_tokens=args.max_new_tokens)
+        declined = [is_refusal(r) for r in replies]
+        label = ",".join(f"{k}={v:g}" for k, v in weights.items()) or "base"
+        print(f"{label}: {sum(declined)}/{len(declined)} validation prompts declined")
+        rows.append({
+            "weights": weights, "declined": sum(declined), "n": len(declined),
+            "replies": [{"prompt": p, "reply": r, "declined": d}
+                        for p, r, d in zip(prompts, replies, declined, strict=True)],
+        })  # fmt: skip
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        report = {"data": args.data, "kinds": kinds, "data_hash": info["data_hash"],
+                  "settings": {k: v for k, v in vars(args).items() if k != "out"},
+                  "points": rows}  # fmt: skip
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

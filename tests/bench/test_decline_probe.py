@@ -1,0 +1,60 @@
+"""bench/decline_probe.py on a tiny model: the training job's validation split, one greedy reply
+per prompt and weight setting, the judge's count; bad settings exit 2 with the field named."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def test_probe_counts_declines_on_the_jobs_validation_prompts(
+    tiny_base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import decline_probe
+    from prefvec.scoring.refusal import is_refusal
+    from prefvec.training.config import DPOJobConfig
+    from prefvec.training.dpo import prepare_pairs
+
+    rows = [
+        {"prompt": f"request number {i}", "chosen": "Sure.", "rejected": "I can't help with that.",
+         "kind": "benign_risky" if i % 2 else "harmful"}
+        for i in range(40)
+    ]  # fmt: skip
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "probe.json"
+    argv = ["--data", str(data), "--kinds", "benign_risky", "--base", str(tiny_base_dir),
+            "--points", "base", "--val-fraction", "0.3", "--max-new-tokens", "4",
+            "--out", str(out)]  # fmt: skip
+    assert decline_probe.main(argv) == 0
+    cfg = DPOJobConfig(val_fraction=0.3, max_val_pairs=120, seed=0)
+    _, val, _ = prepare_pairs(cfg, "probe", [str(data)], ["benign_risky"])
+    report = json.loads(out.read_text())
+    (point,) = report["points"]
+    assert point["n"] == len(val) > 0
+    assert [r["prompt"] for r in point["replies"]] == [p.prompt for p in val]
+    assert all(r["reply"] for r in point["replies"])
+    assert point["declined"] == sum(is_refusal(r["reply"]) for r in point["replies"])
+    assert (
+        f"base: {point['declined']}/{len(val)} validation prompts declined"
+        in capsys.readouterr().out
+    )
+    bad = [
+        "--data",
+        str(data),
+        "--kinds",
+        "nothing",
+        "--base",
+        str(tiny_base_dir),
+        "--points",
+        "base",
+    ]
+    assert decline_probe.main(bad) == 2
+    assert "`data_kinds`" in capsys.readouterr().err
