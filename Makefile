@@ -136,6 +136,7 @@ results-compare: install
 	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1;helpful=1;helpful=2,harmless=1;helpful=3,harmless=1" --suites harmbench,xstest_safe --out $(RESULTS_OUT)/helpful-on-harmless
 	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1" --suites jbb_harmful,jbb_benign,do_not_answer --out $(RESULTS_OUT)/helpful-on-harmless
 	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --points "helpful=1;helpful=1,harmless=1" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-on-harmless
+	$(PY) bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds benign_risky --vectors-dir results/vectors/helpful-on-harmless$(COMMA)vectors --points "harmless=1;helpful=1,harmless=1" --out $(RESULTS_OUT)/helpful-on-harmless/decline-probe.json
 
 vectors-compare: install
 	$(VENV)/bin/prefvec train dpo --config results/configs/truthful-contrast.yaml
