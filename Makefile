@@ -119,7 +119,7 @@ results-heldout: install
 # the same data, losses and budget (results/configs/helpful-harmless-v5.yaml); mora-v5: MORA
 # simultaneous and sequential on the new data; helpful-compliance: the anchored helpful plus a
 # compliance objective (not shipped); helpful-on-harmless: the same trained on top of the shipped
-# harmless (`on_top_of`)
+# harmless (`on_top_of`), and that with an NLL term on the compliance answers
 MO_CONFIG ?= results/configs/helpful-harmless-v5.yaml
 MO_POINTS ?= weighted-sum-helpful-harmless=1;raco-helpful-harmless=1;cagrad-helpful-harmless=1
 # MORA on the new data (results/vectors/mora-v5/, compare with harmless-v5 in results/eval/harmless-v5/)
@@ -137,6 +137,10 @@ results-compare: install
 	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1" --suites jbb_harmful,jbb_benign,do_not_answer --out $(RESULTS_OUT)/helpful-on-harmless
 	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --points "helpful=1;helpful=1,harmless=1" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-on-harmless
 	$(PY) bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds benign_risky --vectors-dir results/vectors/helpful-on-harmless$(COMMA)vectors --points "harmless=1;helpful=1,harmless=1" --out $(RESULTS_OUT)/helpful-on-harmless/decline-probe.json
+	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless-nll$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1;helpful=1" --suites harmbench,xstest_safe --out $(RESULTS_OUT)/helpful-on-harmless-nll
+	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless-nll$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1" --suites jbb_harmful,jbb_benign,do_not_answer --out $(RESULTS_OUT)/helpful-on-harmless-nll
+	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless-nll$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --points "helpful=1" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-on-harmless-nll
+	$(PY) bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds benign_risky --vectors-dir results/vectors/helpful-on-harmless-nll$(COMMA)vectors --points "harmless=1;helpful=1,harmless=1" --out $(RESULTS_OUT)/helpful-on-harmless-nll/decline-probe.json
 
 vectors-compare: install
 	$(VENV)/bin/prefvec train dpo --config results/configs/truthful-contrast.yaml
@@ -150,6 +154,7 @@ vectors-compare: install
 	$(VENV)/bin/prefvec train sequential --config results/configs/mora-v5-sequential-4steps.yaml --resume
 	$(VENV)/bin/prefvec train raco --config results/configs/helpful-compliance.yaml --resume
 	$(VENV)/bin/prefvec train raco --config results/configs/helpful-on-harmless.yaml --resume
+	$(VENV)/bin/prefvec train raco --config results/configs/helpful-on-harmless-nll.yaml --resume
 
 # TruthfulQA MC2 on all 790 questions (not in `make results`: ≈ 2 × MC1's cost per point)
 results-mc2: install
