@@ -77,7 +77,7 @@ def check_start_vector(
     if vec.metadata.base_fingerprint != fingerprint:
         raise ValidationError(
             f"`{field}` {str(path)!r} was made on base {vec.metadata.base_fingerprint}, "
-            f"not on this base ({fingerprint})",
+            f"not on the base {str(base_dir)!r} ({fingerprint})",
             field=field,
         )
     info = {
