@@ -42,15 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_points(text: str) -> list[dict[str, float]]:
-    """``"harmless=1;helpful=1,harmless=1;base"`` → weight dicts (``base``: no vector)."""
-    from prefvec.weights import parse_weights
-
-    return [{} if p.strip() == "base" else parse_weights(p) for p in text.split(";") if p.strip()]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from prefvec.errors import ValidationError
+    from prefvec.evaluation.grid import parse_points
     from prefvec.evaluation.targets import ModelHandle
     from prefvec.scoring.refusal import is_refusal
     from prefvec.training.config import DPOJobConfig

@@ -315,3 +315,19 @@ def test_joined_suites_pool_the_collapse_rate_again() -> None:
     other.config["point"]["limit"] = 3  # other settings: not joined
     assert [m.suite for m in _with_other_suites(report("a", [False]), other).metrics] == [
         "a", "collapse"]  # fmt: skip
+
+
+def test_parse_points_one_dict_per_point() -> None:
+    """`--points` (eval grid, bench/decline_probe.py): `base` is no vector, empty parts are
+    skipped, a bad weight or no point at all is a ValidationError naming the flag."""
+    from prefvec.evaluation.grid import parse_points
+
+    assert parse_points("base; harmless=1 ;helpful=1,harmless=0.5;") == [
+        {},
+        {"harmless": 1.0},
+        {"helpful": 1.0, "harmless": 0.5},
+    ]
+    with pytest.raises(ValidationError, match="`points` names no point"):
+        parse_points(" ; ")
+    with pytest.raises(ValidationError, match="--points"):
+        parse_points("harmless=x")

@@ -110,6 +110,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from prefvec.evaluation.grid import (
         folder_points,
         keep_earlier,
+        parse_points,
         plot_pareto,
         run_grid,
         seed_points,
@@ -119,7 +120,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     )
 
     if args.points:
-        grid = [_parse_weights("" if pt.strip() == "base" else pt) for pt in args.points.split(";")]
+        grid = parse_points(args.points)
     elif args.vectors:
         grid = weight_grid(args.vectors.split(","), _floats(args.values))
     else:

@@ -39,6 +39,20 @@ def weight_grid(vectors: Sequence[str], values: Sequence[float]) -> list[dict[st
             for combo in itertools.product(values, repeat=len(vectors))]  # fmt: skip
 
 
+def parse_points(text: str) -> list[dict[str, float]]:
+    """``"base;harmless=1;helpful=1,harmless=1"`` → one weights dict per point (``base``: none).
+
+    Raises:
+        ValidationError: a malformed weight, or no point at all.
+    """
+    from prefvec.weights import parse_weights
+
+    parts = [p.strip() for p in text.split(";") if p.strip()]
+    if not parts:
+        raise ValidationError(f"`points` names no point, got {text!r}", field="points")
+    return [{} if p == "base" else parse_weights(p, "--points") for p in parts]
+
+
 def pareto_front(
     points: Sequence[tuple[float, float]], maximize: tuple[bool, bool] = (True, True)
 ) -> list[int]:
