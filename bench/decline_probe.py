@@ -10,11 +10,17 @@ the string-match judge calls a decline.
     python bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds benign_risky \\
         --vectors-dir results/vectors/helpful-on-harmless,vectors \\
         --points "harmless=1;helpful=1,harmless=1" --out results/eval/decline-probe.json
+
+With ``--split train`` it reads the training split instead, and ``--save-declined FILE`` writes
+the data file's own rows (JSONL, unchanged) whose prompt the *first* weight setting declined:
+the mining step for a compliance objective aimed at what a vector still declines. The validation
+split is never mined, so the default probe stays a held-out measure of the result.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 from collections.abc import Sequence
@@ -38,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--dtype", default="float32")
+    p.add_argument(
+        "--split",
+        choices=["val", "train"],
+        default="val",
+        help="which split of the training job to probe (default: val)",
+    )
+    p.add_argument(
+        "--save-declined",
+        default="",
+        help="write the data rows whose prompt the first setting declined (JSONL)",
+    )
     p.add_argument("--out", default="", help="write every reply and the counts here (JSON)")
     return p
 
@@ -57,23 +74,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             val_fraction=args.val_fraction, max_val_pairs=args.max_val_pairs, seed=args.seed
         )
         kinds = [k for k in args.kinds.split(",") if k]
-        _, val, info = prepare_pairs(cfg, "probe", [args.data], kinds)
+        train, val, info = prepare_pairs(cfg, "probe", [args.data], kinds)
+        if args.save_declined and args.split != "train":
+            raise ValidationError(
+                "`save_declined` mines the training split only; add --split train",
+                field="save_declined",
+            )
     except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    prompts = [p.prompt for p in val]
+    pairs = train if args.split == "train" else val
+    prompts = [p.prompt for p in pairs]
     handle = ModelHandle(args.base, vectors_dir=args.vectors_dir, dtype=args.dtype)
     rows: list[dict[str, Any]] = []
     for weights in points:
         replies = handle.target(weights).generate(prompts, max_new_tokens=args.max_new_tokens)
         declined = [is_refusal(r) for r in replies]
         label = ",".join(f"{k}={v:g}" for k, v in weights.items()) or "base"
-        print(f"{label}: {sum(declined)}/{len(declined)} validation prompts declined")
+        split = "validation" if args.split == "val" else "training"
+        print(f"{label}: {sum(declined)}/{len(declined)} {split} prompts declined")
         rows.append({
             "weights": weights, "declined": sum(declined), "n": len(declined),
             "replies": [{"prompt": p, "reply": r, "declined": d}
                         for p, r, d in zip(prompts, replies, declined, strict=True)],
         })  # fmt: skip
+    if args.save_declined:
+        n_saved = save_declined(args.data, pairs, rows[0]["replies"], args.save_declined)
+        print(f"wrote {n_saved} rows to {args.save_declined}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         report = {"data": args.data, "kinds": kinds, "data_hash": info["data_hash"],
@@ -81,6 +108,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "points": rows}  # fmt: skip
         Path(args.out).write_text(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def save_declined(
+    data: str, pairs: Sequence[Any], replies: Sequence[dict[str, Any]], out: str
+) -> int:
+    """Copy the lines of ``data`` behind the declined pairs (``pair.source`` is ``name:line``)."""
+    wanted = {int(p.source.rsplit(":", 1)[1]) for p, r in zip(pairs, replies, strict=True)
+              if r["declined"]}  # fmt: skip
+    raw = Path(data).read_bytes()
+    text = (gzip.decompress(raw) if data.endswith(".gz") else raw).decode("utf-8")
+    lines = text.splitlines()
+    kept = [lines[n - 1] for n in sorted(wanted)]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(out)
+    return len(kept)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,54 @@ def test_probe_counts_declines_on_the_jobs_validation_prompts(
     ]
     assert decline_probe.main(bad) == 2
     assert "`data_kinds`" in capsys.readouterr().err
+
+
+def test_save_declined_copies_the_data_rows_behind_the_declined_pairs(tmp_path: Path) -> None:
+    from bench.decline_probe import save_declined
+
+    from prefvec.training.config import DPOJobConfig
+    from prefvec.training.dpo import prepare_pairs
+
+    lines = [json.dumps({"prompt": f"q{i}", "chosen": f"a{i}", "rejected": "no", "kind": "k"})
+             for i in range(12)]  # fmt: skip
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(lines) + "\n\n")  # a blank line at the end is not a row
+    cfg = DPOJobConfig(val_fraction=0.25, max_val_pairs=120, seed=0)
+    train, _, _ = prepare_pairs(cfg, "probe", [str(data)])
+    declined = [i % 3 == 0 for i in range(len(train))]
+    replies = [{"declined": d} for d in declined]
+    out = tmp_path / "mined" / "m.jsonl"
+    assert save_declined(str(data), train, replies, str(out)) == sum(declined)
+    want = {p.messages[-1]["content"] for p, d in zip(train, declined, strict=True) if d}
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["prompt"] for r in got} == want
+    assert all(json.dumps(r) in lines for r in got)  # the rows unchanged
+
+
+def test_probe_mines_the_training_split_only(
+    tiny_base_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from bench import decline_probe
+    from prefvec.scoring import refusal
+    from prefvec.training.config import DPOJobConfig
+    from prefvec.training.dpo import prepare_pairs
+
+    rows = [{"prompt": f"request number {i}", "chosen": "Sure.", "rejected": "I can't.",
+             "kind": "benign_risky"} for i in range(20)]  # fmt: skip
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    mined = tmp_path / "mined.jsonl"
+    common = ["--data", str(data), "--base", str(tiny_base_dir), "--points", "base",
+              "--val-fraction", "0.3", "--max-new-tokens", "2"]  # fmt: skip
+    # the validation split is never mined
+    assert decline_probe.main([*common, "--save-declined", str(mined)]) == 2
+    assert "--split train" in capsys.readouterr().err and not mined.exists()
+    monkeypatch.setattr(refusal, "is_refusal", lambda reply: True)
+    argv = [*common, "--split", "train", "--save-declined", str(mined)]
+    assert decline_probe.main(argv) == 0
+    train, val, _ = prepare_pairs(DPOJobConfig(val_fraction=0.3, seed=0), "probe", [str(data)])
+    got = {json.loads(line)["prompt"] for line in mined.read_text().splitlines()}
+    assert got == {p.messages[-1]["content"] for p in train}
+    assert not got & {p.messages[-1]["content"] for p in val}
+    assert f"base: {len(train)}/{len(train)} training prompts declined" in capsys.readouterr().out
