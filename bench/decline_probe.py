@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         })  # fmt: skip
     if args.save_declined:
         n_saved = save_declined(args.data, pairs, rows[0]["replies"], args.save_declined)
-        print(f"wrote {n_saved} rows to {args.save_declined}")
+        write_manifest(args, argv, kinds, len(pairs), rows[0]["weights"], n_saved)
+        print(f"wrote {n_saved} rows to {args.save_declined} (and its .manifest.json)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         report = {"data": args.data, "kinds": kinds, "data_hash": info["data_hash"],
@@ -125,6 +127,52 @@ def save_declined(
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(out)
     return len(kept)
+
+
+def _vector_files(names: Sequence[str], vectors_dir: str) -> dict[str, dict[str, str]]:
+    """The loose vector file each name resolves to (first folder wins), with its sha256."""
+    from prefvec.vector_store.store import sha256_file
+
+    found: dict[str, dict[str, str]] = {}
+    for name in names:
+        for folder in (d.strip() for d in vectors_dir.split(",") if d.strip()):
+            path = Path(folder) / f"{name}.safetensors"
+            if path.is_file():
+                found[name] = {"path": str(path), "sha256": sha256_file(path)}
+                break
+    return found
+
+
+def write_manifest(
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    kinds: Sequence[str],
+    n_probed: int,
+    weights: dict[str, float],
+    n_saved: int,
+) -> None:
+    """Provenance beside the mined rows: ``<file stem>.manifest.json``."""
+    from prefvec.vector_store.store import sha256_file
+
+    out = Path(args.save_declined)
+    manifest = {
+        "command": shlex.join(
+            ["python", "bench/decline_probe.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "source": {"path": args.data, "sha256": sha256_file(args.data)},
+        "kinds": list(kinds),
+        "split": {"mined": args.split, "val_fraction": args.val_fraction, "seed": args.seed},
+        "declined_at": weights,
+        "vectors": _vector_files(list(weights), args.vectors_dir),
+        "base": args.base,
+        "decoding": {"greedy": True, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype},
+        "judge": "prefvec.scoring.refusal.is_refusal (string match)",
+        "probed": n_probed,
+        "rows": n_saved,
+        "sha256": sha256_file(out),
+    }
+    path = out.with_name(out.stem + ".manifest.json")
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -109,3 +109,10 @@ def test_probe_mines_the_training_split_only(
     assert got == {p.messages[-1]["content"] for p in train}
     assert not got & {p.messages[-1]["content"] for p in val}
     assert f"base: {len(train)}/{len(train)} training prompts declined" in capsys.readouterr().out
+    from prefvec.vector_store.store import sha256_file
+
+    manifest = json.loads((tmp_path / "mined.manifest.json").read_text())
+    assert manifest["sha256"] == sha256_file(mined)
+    assert manifest["source"]["sha256"] == sha256_file(data)
+    assert manifest["rows"] == manifest["probed"] == len(train)
+    assert "--save-declined" in manifest["command"]
