@@ -445,3 +445,47 @@ def test_job_on_top_of_a_vector_trains_from_base_plus_it_and_stores_only_the_cha
             run_raco_job(cfg)
         assert err.value.field == "on_top_of"
     assert not (tmp_path / "r3").exists()
+
+
+def test_resume_refuses_a_checkpoint_trained_with_other_settings(
+    tiny_base_dir: Path, toy_pairs_file: Path, tmp_path: Path
+) -> None:
+    """--resume continues a run only with what it learnt from: the same settings, the same data
+    (by content) and the same start vector (by sha256); more steps are fine."""
+    from prefvec.errors import ValidationError
+    from prefvec.training.raco import run_raco_job
+
+    out = tmp_path / "run"
+    common = dict(
+        base=str(tiny_base_dir), preferences=["a", "b"], mode="weighted_sum",
+        data_per_preference=[f"a={toy_pairs_file}", f"b={toy_pairs_file}"],
+        lora_targets=["q_proj", "v_proj"], lora_r=2, batch_size=2, max_length=64,
+        max_prompt_length=32, progress=False, device="cpu", no_store=True, save_steps=1,
+        logging_steps=1,
+        output_dir=str(out), resume=True,
+    )  # fmt: skip
+    first = tmp_path / "start.safetensors"
+    run_raco_job(RacoJobConfig(**common, steps=1, save_vector=str(first)))  # type: ignore[arg-type]
+    ckpt = (out / "checkpoint.pt").read_bytes()
+    # a moved copy of the same data is the same run: it resumes and trains one more step
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(toy_pairs_file.read_bytes())
+    moved = {**common, "data_per_preference": [f"a={copy}", f"b={toy_pairs_file}"]}
+    report = run_raco_job(RacoJobConfig(**moved, steps=2))  # type: ignore[arg-type]
+    assert [c["step"] for c in report["curves"]] == [1, 2]
+    (out / "checkpoint.pt").write_bytes(ckpt)  # back to the one-step checkpoint
+    changes: list[tuple[dict[str, object], str]] = [
+        ({"learning_rate": 0.5}, "learning_rate"),
+        ({"weights": [0.9, 0.1]}, "weights"),
+        ({"on_top_of": str(first)}, "on_top_of_sha256"),
+        ({"data_per_preference": [f"a={toy_pairs_file}", f"b={tmp_path / 'b.jsonl'}"]},
+         "data_hash"),
+    ]  # fmt: skip
+    lines = toy_pairs_file.read_text().splitlines()
+    (tmp_path / "b.jsonl").write_text("\n".join(lines[: len(lines) // 2 + 2]) + "\n")
+    for change, field in changes:
+        cfg = RacoJobConfig(**{**common, "steps": 2, **change})  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=rf"`resume`.*{field}") as err:
+            run_raco_job(cfg)
+        assert err.value.field == "resume"
+        assert (out / "checkpoint.pt").read_bytes() == ckpt  # nothing lost

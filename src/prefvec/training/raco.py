@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from prefvec.errors import ValidationError
 from prefvec.training.config import RacoJobConfig, data_for
 from prefvec.training.data import DataReport, PreferencePair, _json_lines, _prompt_messages
 from prefvec.training.logps import (
@@ -335,7 +336,28 @@ def build_policy(model_dir: Path, cfg: Any) -> tuple[Any, Any, Any]:
     return model.to(device), tok, (ref.to(device) if ref is not None else None)
 
 
-def _save_checkpoint(path: Path, trainer: RacoTrainer, curves: list[dict[str, Any]]) -> None:
+# Settings a resumed run may change: how long it runs and where the result goes, not what it learns.
+_RESUMABLE_CHANGES = frozenset({
+    "steps", "logging_steps", "save_steps", "resume", "progress", "device", "output_dir",
+    "store_dir", "no_store", "save_vector", "vector_dtype", "name",
+    "data", "data_dir", "data_per_preference", "on_top_of",  # paths: compared by content below
+})  # fmt: skip
+
+
+def run_settings(
+    cfg: RacoJobConfig, info: dict[str, Any], on_top_of: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a checkpoint was trained with: the config minus :data:`_RESUMABLE_CHANGES`, each
+    preference's data by content hash, and the start vector (``on_top_of``) by its sha256."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_CHANGES}
+    settings["data_hash"] = {p: info[p]["data_hash"] for p in cfg.preferences}
+    settings["on_top_of_sha256"] = on_top_of["sha256"] if on_top_of else None
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _save_checkpoint(
+    path: Path, trainer: RacoTrainer, curves: list[dict[str, Any]], settings: dict[str, Any]
+) -> None:
     state = {
         "trainable": {
             n: p.detach().cpu() for n, p in trainer.model.named_parameters() if p.requires_grad
@@ -343,14 +365,31 @@ def _save_checkpoint(path: Path, trainer: RacoTrainer, curves: list[dict[str, An
         "optimizer": trainer.optimizer.state_dict(),
         "step": trainer.step_count,
         "curves": json.dumps(curves),
+        "settings": json.dumps(settings, sort_keys=True),
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
 
 
-def _load_checkpoint(path: Path, trainer: RacoTrainer) -> list[dict[str, Any]]:
+def _load_checkpoint(
+    path: Path, trainer: RacoTrainer, settings: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Continue from ``path``; a checkpoint trained with other settings is refused (a
+    ValidationError naming ``resume`` and the settings that differ), never silently mixed."""
     state = torch.load(path, weights_only=True)
+    if "settings" in state:
+        before = json.loads(state["settings"])
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            diff = "; ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+            raise ValidationError(
+                f"`resume`: the checkpoint {path} was trained with other settings ({diff}); "
+                "run without --resume to start afresh, or give another output_dir",
+                field="resume",
+            )
+    else:  # written before checkpoints recorded their settings
+        logger.warning("%s records no settings; resuming without checking them", path)
     params = dict(trainer.model.named_parameters())
     with torch.no_grad():
         for n, t in state["trainable"].items():
@@ -409,7 +448,8 @@ def run_raco_job(cfg: RacoJobConfig) -> dict[str, Any]:
         anchors=[p in cfg.anchors for p in cfg.preferences],
     )  # fmt: skip
     ckpt = out / "checkpoint.pt"
-    curves = _load_checkpoint(ckpt, trainer) if cfg.resume and ckpt.is_file() else []
+    settings = run_settings(cfg, info, on_top_of)
+    curves = _load_checkpoint(ckpt, trainer, settings) if cfg.resume and ckpt.is_file() else []
     batches = _batches(pools, cfg.batch_size, cfg.seed, trainer.step_count * cfg.grad_accum)
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=trainer.step_count, disable=not cfg.progress, desc=cfg.mode)
@@ -427,7 +467,7 @@ def run_raco_job(cfg: RacoJobConfig) -> dict[str, Any]:
             )
             bar.set_postfix(loss=[round(x, 4) for x in stats.losses])
         if trainer.step_count % cfg.save_steps == 0:
-            _save_checkpoint(ckpt, trainer, curves)
+            _save_checkpoint(ckpt, trainer, curves, settings)
     bar.close()
     wall = time.perf_counter() - t0
     metrics = trainer.evaluate(val, cfg.batch_size) if val else {}
