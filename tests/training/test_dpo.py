@@ -169,3 +169,38 @@ def test_a_finished_run_continues_to_more_steps_and_refuses_fewer(
     fewer = _cfg(tiny_base_dir, toy_pairs_file, tmp_path, steps=3, save_steps=2)
     with pytest.raises(ValidationError, match="4 steps, and `steps` is 3"):
         train_dpo_run(tiny_base_dir, train, val, fewer, out)
+
+
+def test_resume_refuses_a_run_trained_with_other_settings(
+    tiny_base_dir: Path, toy_pairs_file: Path, tmp_path: Path
+) -> None:
+    """A finished or interrupted run is reused only for what it learnt from: the same settings
+    and the same pairs (by content); where the result goes or the job's method may differ."""
+    from prefvec.errors import ValidationError
+    from prefvec.training.dpo import prepare_pairs
+
+    def cfg(**kw: Any) -> DPOJobConfig:
+        return _cfg(tiny_base_dir, toy_pairs_file, tmp_path, steps=2, save_steps=2, **kw)
+
+    train, val, _ = prepare_pairs(cfg(), "toy")
+    out = tmp_path / "settings"
+    first = train_dpo_run(tiny_base_dir, train, val, cfg(), out)
+    elsewhere = cfg(method="positive_only", store_dir=str(tmp_path / "other-store"))
+    assert train_dpo_run(tiny_base_dir, train, val, elsewhere, out).curves == first.curves
+    saved = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    refused = [
+        (cfg(learning_rate=0.5), train, val, "learning_rate"),
+        (cfg(beta=0.3), train, val, "beta"),
+        (cfg(), train[:-1], val, "train_data_hash"),
+        (cfg(), train, [p.swapped() for p in val], "val_data_hash"),
+    ]
+    for changed, tr, va, name in refused:
+        with pytest.raises(ValidationError, match=rf"`resume`.*{name}") as err:
+            train_dpo_run(tiny_base_dir, tr, va, changed, out)
+        assert err.value.field == "resume"
+    (out / "result.json").unlink()  # interrupted after its last checkpoint
+    with pytest.raises(ValidationError, match=r"`resume`.*learning_rate"):
+        train_dpo_run(tiny_base_dir, train, val, cfg(learning_rate=0.5), out)
+    assert all(p.read_bytes() == b for p, b in saved.items() if p.name != "result.json")
+    fresh = train_dpo_run(tiny_base_dir, train, val, cfg(learning_rate=0.5, resume=False), out)
+    assert fresh.curves != first.curves  # without --resume it trains afresh, as asked

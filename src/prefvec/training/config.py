@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging
 import math
 import types
 import typing
@@ -19,6 +21,8 @@ from typing import Any, TypeVar, Union
 
 from prefvec.defaults import DEFAULT_BASE
 from prefvec.errors import ValidationError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL_PROJECTIONS = (*DEFAULT_TARGETS, "gate_proj", "up_proj", "down_proj")
@@ -186,6 +190,46 @@ class CommonTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Settings a resumed run may change: how long it runs and where its result goes, not what it
+# learns. Data paths are left out too: a run's data is compared by content (``data_hash``).
+RESUMABLE_CHANGES = frozenset({
+    "steps", "logging_steps", "save_steps", "resume", "progress", "device", "output_dir",
+    "store_dir", "no_store", "save_vector", "vector_dtype", "name",
+    "data", "data_dir", "data_per_preference", "on_top_of",
+})  # fmt: skip
+
+
+def learning_settings(cfg: CommonTrainConfig, fields: Any = None, **content: Any) -> dict[str, Any]:
+    """What a run learns from, as JSON: ``cfg``'s settings (only ``fields`` when given) minus
+    :data:`RESUMABLE_CHANGES`, plus ``content`` (data hashes, a start vector's sha256, …)."""
+    keep = set(fields) if fields is not None else None
+    settings = {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k not in RESUMABLE_CHANGES and (keep is None or k in keep)
+    }
+    settings.update(content)
+    out: dict[str, Any] = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    return out
+
+
+def check_resumable(before: dict[str, Any] | None, now: dict[str, Any], where: str) -> None:
+    """Refuse to resume ``where`` when it was trained with other settings: a ValidationError
+    naming ``resume`` and each setting that differs. ``before`` None: written before runs
+    recorded their settings (accepted, with a warning)."""
+    if before is None:
+        logger.warning("%s records no settings; resuming without checking them", where)
+        return
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        diff = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ValidationError(
+            f"`resume`: {where} was trained with other settings ({diff}); run without "
+            "--resume to start afresh, or give another output_dir",
+            field="resume",
+        )
 
 
 @dataclass

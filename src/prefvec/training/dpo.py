@@ -20,6 +20,7 @@ half (``adapter/`` or ``model/`` with ``result.json``) is not trained again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -31,7 +32,12 @@ from typing import Any
 import torch
 
 from prefvec.errors import ValidationError
-from prefvec.training.config import CommonTrainConfig, DPOJobConfig
+from prefvec.training.config import (
+    CommonTrainConfig,
+    DPOJobConfig,
+    check_resumable,
+    learning_settings,
+)
 from prefvec.training.data import (
     PreferencePair,
     data_hash,
@@ -245,6 +251,16 @@ def train_dpo_run(
     out = Path(out_dir)
     done = out / "result.json"
     prior_wall = 0.0
+    settings = learning_settings(
+        cfg,
+        fields=[f.name for f in dataclasses.fields(CommonTrainConfig)],
+        train_data_hash=data_hash(train_pairs),
+        val_data_hash=data_hash(val_pairs),
+    )
+    recorded = out / "settings.json"
+    if cfg.resume and (done.is_file() or (out / "checkpoints").is_dir()):
+        before = json.loads(recorded.read_text()) if recorded.is_file() else None
+        check_resumable(before, settings, repr(str(out)))
     if cfg.resume and done.is_file():
         old = json.loads(done.read_text())
         trained_steps = old.get("steps") or _last_checkpoint_step(out / "checkpoints")
@@ -260,6 +276,8 @@ def train_dpo_run(
         logger.info("%s: continuing from step %d to %d", out, trained_steps, steps)
         prior_wall = float(old.get("wall_s") or 0.0)
     out.mkdir(parents=True, exist_ok=True)
+    recorded.with_suffix(".tmp").write_text(json.dumps(settings, indent=2) + "\n")
+    recorded.with_suffix(".tmp").replace(recorded)
     model, tok = _load_policy(Path(model_dir), cfg)
     train = [truncate_prompt(p, tok, cfg.max_prompt_length) for p in train_pairs]
     val = [truncate_prompt(p, tok, cfg.max_prompt_length) for p in val_pairs]

@@ -25,8 +25,12 @@ from typing import Any
 
 import torch
 
-from prefvec.errors import ValidationError
-from prefvec.training.config import RacoJobConfig, data_for
+from prefvec.training.config import (
+    RacoJobConfig,
+    check_resumable,
+    data_for,
+    learning_settings,
+)
 from prefvec.training.data import DataReport, PreferencePair, _json_lines, _prompt_messages
 from prefvec.training.logps import (
     EncodedPair,
@@ -336,25 +340,6 @@ def build_policy(model_dir: Path, cfg: Any) -> tuple[Any, Any, Any]:
     return model.to(device), tok, (ref.to(device) if ref is not None else None)
 
 
-# Settings a resumed run may change: how long it runs and where the result goes, not what it learns.
-_RESUMABLE_CHANGES = frozenset({
-    "steps", "logging_steps", "save_steps", "resume", "progress", "device", "output_dir",
-    "store_dir", "no_store", "save_vector", "vector_dtype", "name",
-    "data", "data_dir", "data_per_preference", "on_top_of",  # paths: compared by content below
-})  # fmt: skip
-
-
-def run_settings(
-    cfg: RacoJobConfig, info: dict[str, Any], on_top_of: dict[str, Any] | None
-) -> dict[str, Any]:
-    """What a checkpoint was trained with: the config minus :data:`_RESUMABLE_CHANGES`, each
-    preference's data by content hash, and the start vector (``on_top_of``) by its sha256."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_CHANGES}
-    settings["data_hash"] = {p: info[p]["data_hash"] for p in cfg.preferences}
-    settings["on_top_of_sha256"] = on_top_of["sha256"] if on_top_of else None
-    return json.loads(json.dumps(settings, default=str))
-
-
 def _save_checkpoint(
     path: Path, trainer: RacoTrainer, curves: list[dict[str, Any]], settings: dict[str, Any]
 ) -> None:
@@ -378,18 +363,8 @@ def _load_checkpoint(
     """Continue from ``path``; a checkpoint trained with other settings is refused (a
     ValidationError naming ``resume`` and the settings that differ), never silently mixed."""
     state = torch.load(path, weights_only=True)
-    if "settings" in state:
-        before = json.loads(state["settings"])
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-        if changed:
-            diff = "; ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-            raise ValidationError(
-                f"`resume`: the checkpoint {path} was trained with other settings ({diff}); "
-                "run without --resume to start afresh, or give another output_dir",
-                field="resume",
-            )
-    else:  # written before checkpoints recorded their settings
-        logger.warning("%s records no settings; resuming without checking them", path)
+    before = json.loads(state["settings"]) if "settings" in state else None
+    check_resumable(before, settings, f"the checkpoint {path}")
     params = dict(trainer.model.named_parameters())
     with torch.no_grad():
         for n, t in state["trainable"].items():
@@ -448,7 +423,11 @@ def run_raco_job(cfg: RacoJobConfig) -> dict[str, Any]:
         anchors=[p in cfg.anchors for p in cfg.preferences],
     )  # fmt: skip
     ckpt = out / "checkpoint.pt"
-    settings = run_settings(cfg, info, on_top_of)
+    settings = learning_settings(
+        cfg,
+        data_hash={p: info[p]["data_hash"] for p in cfg.preferences},
+        on_top_of_sha256=on_top_of["sha256"] if on_top_of else None,
+    )
     curves = _load_checkpoint(ckpt, trainer, settings) if cfg.resume and ckpt.is_file() else []
     batches = _batches(pools, cfg.batch_size, cfg.seed, trainer.step_count * cfg.grad_accum)
     t0 = time.perf_counter()
