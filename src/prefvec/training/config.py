@@ -15,6 +15,7 @@ import logging
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
@@ -192,16 +193,20 @@ class CommonTrainConfig:
         return dataclasses.asdict(self)
 
 
-# Settings a resumed run may change: how long it runs and where its result goes, not what it
-# learns. Data paths are left out too: a run's data is compared by content (``data_hash``).
+# Settings a resumed run may change: how long it runs, where its result goes and how a step is
+# computed (same loss), not what it learns. Data paths are left out too: a run's data is compared
+# by content (``data_hash``).
 RESUMABLE_CHANGES = frozenset({
     "steps", "logging_steps", "save_steps", "resume", "progress", "device", "output_dir",
+    "gradient_checkpointing", "precompute_ref_log_probs",
     "store_dir", "no_store", "save_vector", "vector_dtype", "name",
     "data", "data_dir", "data_per_preference", "on_top_of",
 })  # fmt: skip
 
 
-def learning_settings(cfg: CommonTrainConfig, fields: Any = None, **content: Any) -> dict[str, Any]:
+def learning_settings(
+    cfg: CommonTrainConfig, fields: Iterable[str] | None = None, **content: Any
+) -> dict[str, Any]:
     """What a run learns from, as JSON: ``cfg``'s settings (only ``fields`` when given) minus
     :data:`RESUMABLE_CHANGES`, plus ``content`` (data hashes, a start vector's sha256, …)."""
     keep = set(fields) if fields is not None else None
