@@ -489,3 +489,46 @@ def test_resume_refuses_a_checkpoint_trained_with_other_settings(
             run_raco_job(cfg)
         assert err.value.field == "resume"
         assert (out / "checkpoint.pt").read_bytes() == ckpt  # nothing lost
+
+
+def test_an_objective_without_validation_pairs_reports_no_score_not_zero(
+    tiny_base_dir: Path, toy_pairs_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows mined from a training split fall into training again (the split is by prompt hash):
+    that objective has no validation pairs, and its held-out metrics are empty (None in the
+    report, absent from the vector's scores, "no validation pairs" on the card), never 0.000."""
+    import json
+    import logging
+
+    from prefvec.training.card import render_card
+    from prefvec.training.dpo import prepare_pairs
+    from prefvec.training.raco import run_raco_job
+    from prefvec.vector_store import PreferenceVector
+
+    rows = [json.dumps({"prompt": f"mined request {i}", "chosen": "yes yes", "rejected": "no no"})
+            for i in range(40)]  # fmt: skip
+    every = tmp_path / "every.jsonl"
+    every.write_text("\n".join(rows) + "\n")
+    probe = RacoJobConfig(val_fraction=0.25, seed=0)
+    train, _, _ = prepare_pairs(probe, "b", [str(every)])
+    kept = {p.messages[-1]["content"] for p in train}
+    mined = tmp_path / "mined.jsonl"
+    mined.write_text("\n".join(r for r in rows if json.loads(r)["prompt"] in kept) + "\n")
+    saved = tmp_path / "v.safetensors"
+    cfg = RacoJobConfig(
+        base=str(tiny_base_dir), preferences=["a", "b"], mode="weighted_sum",
+        data_per_preference=[f"a={toy_pairs_file}", f"b={mined}"], val_fraction=0.25,
+        lora_targets=["q_proj", "v_proj"], lora_r=2, steps=2, batch_size=2, max_length=64,
+        max_prompt_length=32, progress=False, device="cpu", no_store=True,
+        output_dir=str(tmp_path / "run"), save_vector=str(saved),
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="prefvec.training.raco"):
+        report = run_raco_job(cfg)
+    assert "b: no validation pairs" in caplog.text
+    per = report["eval"]["per_objective"]
+    assert per["b"] == {"loss": None, "reward_accuracy": None, "reward_margin": None}
+    assert per["a"]["reward_accuracy"] is not None
+    scores = PreferenceVector.load(saved).metadata.eval_scores
+    assert "val_reward_accuracy.a" in scores and "val_reward_accuracy.b" not in scores
+    card = render_card(saved, config_path="c.yaml", root=tmp_path)
+    assert "| b | 0 | no validation pairs | — | — |" in card

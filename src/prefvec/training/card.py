@@ -110,6 +110,8 @@ def _accuracy_cells(ev: dict[str, Any], n: int) -> str:
     """``**acc** [lo, hi] | margin | loss`` with a 95% Wilson interval over ``n`` pairs."""
     from prefvec.evaluation.stats import wilson_interval
 
+    if not n or ev.get("reward_accuracy") is None:
+        return "no validation pairs | — | —"
     acc = float(ev.get("reward_accuracy", float("nan")))
     lo, hi = wilson_interval(acc * n, n) if n else (float("nan"),) * 2
     return (

@@ -25,7 +25,9 @@ def provenance(report: dict[str, Any]) -> dict[str, Any]:
     evals = report.get("eval", {})
     scores = {f"val_{k}": float(v) for k, v in evals.get("pos", {}).items()}
     for objective, metrics in evals.get("per_objective", {}).items():
-        scores.update({f"val_{k}.{objective}": float(v) for k, v in metrics.items()})
+        scores.update(
+            {f"val_{k}.{objective}": float(v) for k, v in metrics.items() if v is not None}
+        )
     extra = {k: v for k, v in report.items() if k not in ("data_hash", "config")}
     return {
         "data_hash": report.get("data_hash"),

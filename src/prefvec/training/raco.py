@@ -263,9 +263,12 @@ class RacoTrainer:
         return StepStats(mean, stats[-1].p, stats[-1].p_clipped)
 
     @torch.no_grad()
-    def evaluate(self, pairs: Sequence[MultiPair], batch_size: int = 8) -> dict[str, list[float]]:
+    def evaluate(
+        self, pairs: Sequence[MultiPair], batch_size: int = 8
+    ) -> dict[str, list[float | None]]:
         """Per-objective mean loss, reward accuracy and mean signed reward margin (labelled
-        pairs only; the margin is the implicit reward of the preferred reply minus the other's)."""
+        pairs only; the margin is the implicit reward of the preferred reply minus the other's);
+        None for an objective without validation pairs (not a score of 0)."""
         self.model.eval()
         k = len(pairs[0].labels)
         loss_sum, correct, margin_sum, count = [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k
@@ -281,8 +284,8 @@ class RacoTrainer:
                 margin_sum[j] += float(signed.sum())
                 count[j] += n
 
-        def mean(xs: list[float]) -> list[float]:
-            return [x / max(n, 1) for x, n in zip(xs, count, strict=True)]
+        def mean(xs: list[float]) -> list[float | None]:
+            return [x / n if n else None for x, n in zip(xs, count, strict=True)]
 
         return {
             "loss": mean(loss_sum),
@@ -416,6 +419,14 @@ def run_raco_job(cfg: RacoJobConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     model, tok, ref = build_policy(start_dir, cfg)
     pools, val, info = _pools(cfg, tok)
+    for pref in cfg.preferences:
+        if not info[pref]["n_val"]:
+            logger.warning(
+                "%s: no validation pairs (all %d fell into training by prompt hash); its "
+                "held-out metrics are left empty",
+                pref,
+                info[pref]["n_train"],
+            )
     trainer = RacoTrainer(
         model, tok, cfg.simplex_weights, mode=cfg.mode, c=cfg.c, beta=cfg.beta,
         learning_rate=cfg.learning_rate, ref_model=ref, max_length=cfg.max_length,
