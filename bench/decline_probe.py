@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="write the data rows whose prompt the first setting declined (JSONL)",
     )
+    p.add_argument(
+        "--likelihoods",
+        action="store_true",
+        help="also score each pair's chosen and rejected reply under the merged model",
+    )
     p.add_argument("--out", default="", help="write every reply and the counts here (JSON)")
     return p
 
@@ -89,16 +94,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     handle = ModelHandle(args.base, vectors_dir=args.vectors_dir, dtype=args.dtype)
     rows: list[dict[str, Any]] = []
     for weights in points:
-        replies = handle.target(weights).generate(prompts, max_new_tokens=args.max_new_tokens)
+        target = handle.target(weights)
+        replies = target.generate(prompts, max_new_tokens=args.max_new_tokens)
         declined = [is_refusal(r) for r in replies]
         label = ",".join(f"{k}={v:g}" for k, v in weights.items()) or "base"
         split = "validation" if args.split == "val" else "training"
         print(f"{label}: {sum(declined)}/{len(declined)} {split} prompts declined")
-        rows.append({
+        row = {
             "weights": weights, "declined": sum(declined), "n": len(declined),
             "replies": [{"prompt": p, "reply": r, "declined": d}
                         for p, r, d in zip(prompts, replies, declined, strict=True)],
-        })  # fmt: skip
+        }  # fmt: skip
+        if args.likelihoods:
+            scored = score_pairs(target.model, target.tokenizer, pairs)
+            for reply, sc in zip(row["replies"], scored, strict=True):
+                reply.update(sc)
+            row["likelihood"] = summarize(scored)
+            print(f"{label}: {describe(row['likelihood'])}")
+        rows.append(row)
     if args.save_declined:
         n_saved = save_declined(args.data, pairs, rows[0]["replies"], args.save_declined)
         write_manifest(args, argv, kinds, len(pairs), rows[0]["weights"], n_saved)
@@ -110,6 +123,52 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "points": rows}  # fmt: skip
         Path(args.out).write_text(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def score_pairs(model: Any, tokenizer: Any, pairs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per pair under ``model``: Σ log π of the chosen and of the rejected reply, and the
+    probability of each reply's first token (what greedy decoding picks first)."""
+    import torch
+
+    from prefvec.training.logps import collate, encode_pair, token_logps
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for p in pairs:
+            enc = encode_pair(tokenizer, p.messages, p.chosen, p.rejected, max_length=512)
+            logp = token_logps(model, collate([enc], pad))  # (2, T-1): chosen, rejected
+            first = len(enc.prompt) - 1  # logp[:, i] scores token i + 1
+            out.append({
+                "logp_chosen": float(logp[0].sum()), "logp_rejected": float(logp[1].sum()),
+                "p_first_chosen": float(logp[0, first].exp()),
+                "p_first_rejected": float(logp[1, first].exp()),
+            })  # fmt: skip
+    return out
+
+
+def summarize(scored: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How many pairs the model prefers the chosen reply on: whole reply, and first token."""
+    n = len(scored)
+    return {
+        "n": n,
+        "chosen_likelier": sum(s["logp_chosen"] > s["logp_rejected"] for s in scored),
+        "chosen_first_token_likelier": sum(
+            s["p_first_chosen"] > s["p_first_rejected"] for s in scored
+        ),
+        "mean_p_first_chosen": sum(s["p_first_chosen"] for s in scored) / max(n, 1),
+        "mean_p_first_rejected": sum(s["p_first_rejected"] for s in scored) / max(n, 1),
+    }
+
+
+def describe(summary: dict[str, Any]) -> str:
+    n = summary["n"]
+    return (
+        f"chosen reply likelier on {summary['chosen_likelier']}/{n}, its first token likelier "
+        f"on {summary['chosen_first_token_likelier']}/{n} (mean P(first token) chosen "
+        f"{summary['mean_p_first_chosen']:.3f}, rejected {summary['mean_p_first_rejected']:.3f})"
+    )
 
 
 def save_declined(

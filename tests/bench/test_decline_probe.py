@@ -116,3 +116,42 @@ def test_probe_mines_the_training_split_only(
     assert manifest["source"]["sha256"] == sha256_file(data)
     assert manifest["rows"] == manifest["probed"] == len(train)
     assert "--save-declined" in manifest["command"]
+
+
+def test_score_pairs_matches_a_plain_forward_pass(tiny_base_dir: Path) -> None:
+    """Σ log π of each reply and the first reply token's probability, against a direct
+    computation on prompt + reply ids."""
+    import torch
+    from bench.decline_probe import score_pairs, summarize
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefvec.training.data import make_pair
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base_dir), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(tiny_base_dir))
+    msgs = [{"role": "user", "content": "kill time at the airport?"}]
+    pair = make_pair(msgs, "Read a book or walk around.", "I cannot help with that.")
+    (got,) = score_pairs(model, tok, [pair])
+
+    def oracle(reply: str) -> tuple[float, float]:
+        prompt = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
+        full = tok.apply_chat_template(
+            [*msgs, {"role": "assistant", "content": reply}], tokenize=True
+        )
+        prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+        full = list(full["input_ids"] if hasattr(full, "keys") else full)
+        assert full[: len(prompt)] == prompt
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([full])).logits[0].float(), -1)
+        reply_pos = range(len(prompt), len(full))
+        total = sum(float(logp[i - 1, full[i]]) for i in reply_pos)
+        return total, float(logp[len(prompt) - 1, full[len(prompt)]].exp())
+
+    want_c, want_r = oracle(pair.chosen), oracle(pair.rejected)
+    assert got["logp_chosen"] == pytest.approx(want_c[0], abs=1e-4)
+    assert got["logp_rejected"] == pytest.approx(want_r[0], abs=1e-4)
+    assert got["p_first_chosen"] == pytest.approx(want_c[1], abs=1e-6)
+    assert got["p_first_rejected"] == pytest.approx(want_r[1], abs=1e-6)
+    summary = summarize([got])
+    assert summary["chosen_likelier"] == int(want_c[0] > want_r[0])
+    assert summary["chosen_first_token_likelier"] == int(want_c[1] > want_r[1])
