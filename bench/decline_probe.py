@@ -20,7 +20,6 @@ split is never mined, so the default probe stays a held-out measure of the resul
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import shlex
 import sys
@@ -114,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(row)
     if args.save_declined:
         n_saved = save_declined(args.data, pairs, rows[0]["replies"], args.save_declined)
-        write_manifest(args, argv, kinds, len(pairs), rows[0]["weights"], n_saved)
+        first = rows[0]["weights"]
+        shas = {name: handle.vector_sha256(name) for name in first}
+        write_manifest(args, argv, kinds, len(pairs), first, n_saved, shas)
         print(f"wrote {n_saved} rows to {args.save_declined} (and its .manifest.json)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -177,29 +178,16 @@ def save_declined(
     """Copy the lines of ``data`` behind the declined pairs (``pair.source`` is ``name:line``)."""
     wanted = {int(p.source.rsplit(":", 1)[1]) for p, r in zip(pairs, replies, strict=True)
               if r["declined"]}  # fmt: skip
-    raw = Path(data).read_bytes()
-    text = (gzip.decompress(raw) if data.endswith(".gz") else raw).decode("utf-8")
-    lines = text.splitlines()
+    from prefvec.training.data import _open_text
+
+    with _open_text(Path(data)) as f:
+        lines = [line.rstrip("\n") for line in f]  # numbered as the loader numbers them
     kept = [lines[n - 1] for n in sorted(wanted)]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(out)
     return len(kept)
-
-
-def _vector_files(names: Sequence[str], vectors_dir: str) -> dict[str, dict[str, str]]:
-    """The loose vector file each name resolves to (first folder wins), with its sha256."""
-    from prefvec.vector_store.store import sha256_file
-
-    found: dict[str, dict[str, str]] = {}
-    for name in names:
-        for folder in (d.strip() for d in vectors_dir.split(",") if d.strip()):
-            path = Path(folder) / f"{name}.safetensors"
-            if path.is_file():
-                found[name] = {"path": str(path), "sha256": sha256_file(path)}
-                break
-    return found
 
 
 def write_manifest(
@@ -209,6 +197,7 @@ def write_manifest(
     n_probed: int,
     weights: dict[str, float],
     n_saved: int,
+    vector_sha256: dict[str, str],
 ) -> None:
     """Provenance beside the mined rows: ``<file stem>.manifest.json``."""
     from prefvec.vector_store.store import sha256_file
@@ -222,7 +211,7 @@ def write_manifest(
         "kinds": list(kinds),
         "split": {"mined": args.split, "val_fraction": args.val_fraction, "seed": args.seed},
         "declined_at": weights,
-        "vectors": _vector_files(list(weights), args.vectors_dir),
+        "vectors": vector_sha256,
         "base": args.base,
         "decoding": {"greedy": True, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype},
         "judge": "prefvec.scoring.refusal.is_refusal (string match)",
