@@ -477,6 +477,7 @@ def test_resume_refuses_a_checkpoint_trained_with_other_settings(
     changes: list[tuple[dict[str, object], str]] = [
         ({"learning_rate": 0.5}, "learning_rate"),
         ({"weights": [0.9, 0.1]}, "weights"),
+        ({"prefix_tokens": [2, 0]}, "prefix_tokens"),
         ({"on_top_of": str(first)}, "on_top_of_sha256"),
         ({"data_per_preference": [f"a={toy_pairs_file}", f"b={tmp_path / 'b.jsonl'}"]},
          "data_hash"),
@@ -532,3 +533,82 @@ def test_an_objective_without_validation_pairs_reports_no_score_not_zero(
     assert "val_reward_accuracy.a" in scores and "val_reward_accuracy.b" not in scores
     card = render_card(saved, config_path="c.yaml", root=tmp_path)
     assert "| b | 0 | no validation pairs | — | — |" in card
+
+
+def test_prefix_tokens_score_only_the_opening_of_each_reply(tiny_base_dir: Path) -> None:
+    """prefix_tokens [2, 0]: objective 0's DPO margin and NLL use each reply's first 2 tokens
+    only (scored one sequence at a time here, policy and adapter-off reference), objective 1
+    keeps the whole-reply loss."""
+    cfg = RacoJobConfig(base=str(tiny_base_dir), lora_targets=["q_proj"], lora_r=4, device="cpu")
+    model, tok, ref = build_policy(tiny_base_dir, cfg)
+    kw = {"ref_model": None, "max_length": 64, "nll_weights": [0.5, 0.5], "beta": 0.3}
+    whole = RacoTrainer(model, tok, [0.5, 0.5], **kw)  # type: ignore[arg-type]
+    cut = RacoTrainer(model, tok, [0.5, 0.5], prefix_tokens=[2, 0], **kw)  # type: ignore[arg-type]
+    pairs = [
+        MultiPair([{"role": "user", "content": f"question {i}"}],
+                  "sure thing, here it is", "I cannot help with that", (1 if i % 2 else -1, 1))
+        for i in range(4)
+    ]  # fmt: skip
+    enc, labels = whole.encode(pairs)
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(3)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+        full_losses, full_margins = whole.losses(enc, labels)
+        got, margins = cut.losses(enc, labels)
+
+        def opening(prompt: list[int], reply: list[int], adapter: bool) -> torch.Tensor:
+            ids = torch.tensor([prompt + reply])
+            if adapter:
+                logits = model(input_ids=ids).logits
+            else:
+                with model.disable_adapter():
+                    logits = model(input_ids=ids).logits
+            logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+            return logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]][len(prompt) - 1 :][:2]
+
+        want_margins, dpo, nll, tokens = [], 0.0, 0.0, 0
+        for e, lab in zip(enc, labels[0].tolist(), strict=True):
+            pa, pb = opening(e.prompt, e.a, True), opening(e.prompt, e.b, True)
+            ra, rb = opening(e.prompt, e.a, False), opening(e.prompt, e.b, False)
+            m = 0.3 * float((pa.sum() - ra.sum()) - (pb.sum() - rb.sum()))
+            want_margins.append(m)
+            dpo += -float(torch.nn.functional.logsigmoid(torch.tensor(lab * m)))
+            chosen = pa if lab > 0 else pb
+            nll, tokens = nll - float(chosen.sum()), tokens + len(chosen)
+    assert tokens == 2 * len(pairs)
+    torch.testing.assert_close(margins[0], torch.tensor(want_margins), rtol=1e-4, atol=1e-5)
+    want = dpo / len(pairs) + 0.5 * nll / tokens
+    torch.testing.assert_close(got[0], torch.tensor(want), rtol=1e-4, atol=1e-5)
+    assert abs(float(got[0]) - float(full_losses[0])) > 1e-3  # the cut changes objective 0
+    torch.testing.assert_close(got[1], full_losses[1])
+    torch.testing.assert_close(margins[1], full_margins[1])
+    with pytest.raises(ValueError, match="prefix_tokens"):
+        RacoTrainer(model, tok, [0.5, 0.5], ref_model=ref, prefix_tokens=[1])
+
+
+def test_prefix_tokens_are_validated_and_shown_on_the_card() -> None:
+    from prefvec.errors import ValidationError
+
+    prefs = ["helpful", "harmless"]
+    with pytest.raises(ValidationError, match="prefix_tokens"):
+        RacoJobConfig(preferences=prefs, prefix_tokens=[3])
+    with pytest.raises(ValidationError, match="prefix_tokens"):
+        RacoJobConfig(preferences=prefs, prefix_tokens=[3, -1])
+    with pytest.raises(ValidationError, match=r"`prefix_tokens` must be 0 for the anchors"):
+        RacoJobConfig(preferences=prefs, anchors=["harmless"], prefix_tokens=[0, 3])
+    assert RacoJobConfig(preferences=prefs, prefix_tokens=[3, 0]).prefix_tokens == [3, 0]
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_with_its_neutral_value() -> None:
+    """Runs recorded before `prefix_tokens` existed were trained on whole replies: they resume
+    when it is left empty and are refused when it is set."""
+    from prefvec.errors import ValidationError
+    from prefvec.training.config import check_resumable
+
+    old = {"learning_rate": 0.001}
+    check_resumable(old, {"learning_rate": 0.001, "prefix_tokens": []}, "old run")
+    with pytest.raises(ValidationError, match=r"`resume`.*prefix_tokens: \[\] -> \[3, 0\]"):
+        check_resumable(old, {"learning_rate": 0.001, "prefix_tokens": [3, 0]}, "old run")

@@ -409,7 +409,7 @@ def _joint_card(
 
     keys = [k for k in _SETTINGS if k not in RACO_UNSUPPORTED]
     keys += ["preferences", "weights", "mode", "c", "nll_weights", "rescale"]
-    keys += [k for k in ("anchors", "data_kinds", "on_top_of") if cfg.get(k)]
+    keys += [k for k in ("anchors", "data_kinds", "on_top_of", "prefix_tokens") if cfg.get(k)]
     lines += [f"| {k} | {_fmt(k, cfg[k])} |" for k in keys if k in cfg]
     lines += [
         "",

@@ -204,6 +204,11 @@ RESUMABLE_CHANGES = frozenset({
 })  # fmt: skip
 
 
+# Settings added after runs began recording theirs, with the value that leaves training as it
+# was: a run recorded without one was trained with that value.
+ADDED_SETTINGS: dict[str, Any] = {"prefix_tokens": []}
+
+
 def learning_settings(
     cfg: CommonTrainConfig, fields: Iterable[str] | None = None, **content: Any
 ) -> dict[str, Any]:
@@ -227,6 +232,7 @@ def check_resumable(before: dict[str, Any] | None, now: dict[str, Any], where: s
     if before is None:
         logger.warning("%s records no settings; resuming without checking them", where)
         return
+    before = {**{k: v for k, v in ADDED_SETTINGS.items() if k in now}, **before}
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         diff = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
@@ -304,6 +310,14 @@ class RacoJobConfig(CommonTrainConfig):
             "loss (as a DPO job's loss_type [sigmoid, sft]); empty: none."
         ),
     )
+    prefix_tokens: list[int] = field(
+        default_factory=lambda: [],
+        metadata=_h(
+            "Per preference, score only the first n tokens of each reply in its DPO margin "
+            "and NLL term (0: the whole reply). Greedy decoding commits to a reply's opening "
+            "token, which a loss spread over the whole reply barely moves; empty: whole replies."
+        ),
+    )
     rescale: bool = field(
         default=False, metadata=_h("Divide the update by 1 + c (keeps step sizes comparable).")
     )
@@ -368,6 +382,12 @@ class RacoJobConfig(CommonTrainConfig):
             or any(not math.isfinite(w) or w < 0 for w in self.nll_weights)
         ):
             p.append(f"`nll_weights` needs {k} finite values >= 0, got {self.nll_weights}")
+        if self.prefix_tokens and (
+            len(self.prefix_tokens) != k
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 0
+                   for n in self.prefix_tokens)
+        ):  # fmt: skip
+            p.append(f"`prefix_tokens` needs {k} whole numbers >= 0, got {self.prefix_tokens}")
         unknown = [a for a in self.anchors if a not in self.preferences]
         if unknown:
             p.append(f"`anchors` {unknown} are not among the preferences {self.preferences}")
@@ -377,6 +397,10 @@ class RacoJobConfig(CommonTrainConfig):
             with_nll = [a for a in self.anchors if self.nll_weights[self.preferences.index(a)] > 0]
             if with_nll:
                 p.append(f"`nll_weights` must be 0 for the anchors {with_nll}")
+        if self.prefix_tokens and len(self.prefix_tokens) == k:
+            cut = [a for a in self.anchors if self.prefix_tokens[self.preferences.index(a)]]
+            if cut:
+                p.append(f"`prefix_tokens` must be 0 for the anchors {cut} (whole replies)")
         for entry in self.data_kinds:
             pref, _, kinds = entry.partition("=")
             if pref not in self.preferences or not [x for x in kinds.split(",") if x]:

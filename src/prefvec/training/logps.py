@@ -88,6 +88,15 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return token_logps(model, batch).sum(dim=1)
 
 
+def reply_prefix_mask(completion_mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Mask (2B, T−1) of each reply's first ``n`` tokens in :func:`token_logps`'s layout
+    (``completion_mask`` is :func:`collate`'s, (2B, T)); ``n`` = 0 keeps the whole reply."""
+    mask = completion_mask[:, 1:]
+    if n == 0:
+        return mask
+    return mask * (mask.cumsum(dim=1) <= n).to(mask.dtype)
+
+
 def implicit_margins(
     policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float
 ) -> torch.Tensor:
@@ -98,12 +107,14 @@ def implicit_margins(
 
 
 def dpo_losses(margins: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-objective DPO losses (DPO Eq. 7) from margins (B,) and labels (K, B) in {+1, −1, 0}.
+    """Per-objective DPO losses (DPO Eq. 7) from margins and labels (K, B) in {+1, −1, 0}.
 
-    Label +1 means reply a is preferred for that objective, −1 reply b, 0 no opinion (masked).
-    Returns a (K,) tensor; an objective with no labelled pair in the batch gets 0.
+    ``margins`` is (B,), shared by every objective, or (K, B), one row per objective. Label +1
+    means reply a is preferred for that objective, −1 reply b, 0 no opinion (masked). Returns a
+    (K,) tensor; an objective with no labelled pair in the batch gets 0.
     """
-    signed = labels.to(margins.dtype) * margins.unsqueeze(0)  # (K, B)
+    rows = margins if margins.dim() == 2 else margins.unsqueeze(0)
+    signed = labels.to(margins.dtype) * rows  # (K, B)
     mask = (labels != 0).to(margins.dtype)
     per = -F.logsigmoid(signed) * mask
     return per.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)

@@ -40,6 +40,7 @@ from prefvec.training.logps import (
     encode_pair,
     implicit_margins,
     nll_losses,
+    reply_prefix_mask,
     token_logps,
 )
 from prefvec.training.raco_solver import (
@@ -140,6 +141,8 @@ class RacoTrainer:
             ``sft`` term) added to that objective's DPO loss; empty means none.
         anchors: per objective, whether it is an anchor (its loss is
             :func:`~prefvec.training.logps.anchor_losses` instead of DPO); empty means none.
+        prefix_tokens: per objective, score only the first n tokens of each reply in its DPO
+            margin and NLL term (0: the whole reply); empty means whole replies throughout.
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class RacoTrainer:
         rescale: bool = False,
         nll_weights: Sequence[float] = (),
         anchors: Sequence[bool] = (),
+        prefix_tokens: Sequence[int] = (),
     ) -> None:
         self.model, self.tokenizer, self.ref_model = model, tokenizer, ref_model
         self.weights = torch.tensor(list(weights), dtype=torch.float32)
@@ -166,6 +170,13 @@ class RacoTrainer:
         if anchors and len(anchors) != len(weights):
             raise ValueError(f"anchors needs {len(weights)} values, got {list(anchors)}")
         self.anchors = torch.tensor([bool(a) for a in anchors] or [False] * len(weights))
+        if prefix_tokens and (
+            len(prefix_tokens) != len(weights) or any(int(n) < 0 for n in prefix_tokens)
+        ):
+            raise ValueError(
+                f"prefix_tokens needs {len(weights)} values >= 0, got {list(prefix_tokens)}"
+            )
+        self.prefix_tokens = [int(n) for n in prefix_tokens] or [0] * len(weights)
         self.mode, self.c, self.beta, self.rescale = mode, c, beta, rescale
         self.max_length = max_length
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -195,17 +206,23 @@ class RacoTrainer:
         self, enc: Sequence[EncodedPair], labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-objective losses (K,) (with graph: DPO, plus the NLL term where its weight is
-        not 0; the anchor loss for anchor objectives) and implicit margins (B,)."""
+        not 0; the anchor loss for anchor objectives) and implicit margins (K, B), each
+        objective's over the reply tokens it scores (``prefix_tokens``)."""
         batch = {k: v.to(self.device) for k, v in collate(enc, self.pad_id).items()}
         ref_tokens = self._ref_token_logps(batch)
         labels = labels.to(self.device)
         policy_tokens = token_logps(self.model, batch)
-        policy = policy_tokens.sum(dim=1)
-        margins = implicit_margins(policy, ref_tokens.sum(dim=1), self.beta)
+        margins_of, nll_of = {}, {}
+        for n in sorted(set(self.prefix_tokens)):
+            keep = reply_prefix_mask(batch["completion_mask"], n).to(policy_tokens.dtype)
+            policy = (policy_tokens * keep).sum(dim=1)
+            margins_of[n] = implicit_margins(policy, (ref_tokens * keep).sum(dim=1), self.beta)
+            if bool(self.nll_weights.any()):
+                nll_of[n] = nll_losses(policy, keep.sum(dim=1), labels)
+        margins = torch.stack([margins_of[n] for n in self.prefix_tokens])  # (K, B)
         losses = dpo_losses(margins, labels)
-        if bool(self.nll_weights.any()):
-            lengths = batch["completion_mask"][:, 1:].sum(dim=1)
-            nll = nll_losses(policy, lengths, labels)
+        if nll_of:
+            nll = torch.stack([nll_of[n][k] for k, n in enumerate(self.prefix_tokens)])
             losses = losses + self.nll_weights.to(nll.device, nll.dtype) * nll
         if bool(self.anchors.any()):
             anchored = anchor_losses(policy_tokens, ref_tokens, labels)
@@ -278,7 +295,7 @@ class RacoTrainer:
             for j in range(k):
                 mask = labels[j] != 0
                 n = float(mask.sum())
-                signed = labels[j][mask] * margins.cpu()[mask]
+                signed = labels[j][mask] * margins[j].cpu()[mask]
                 loss_sum[j] += float(losses[j]) * n
                 correct[j] += float((signed > 0).sum())
                 margin_sum[j] += float(signed.sum())
@@ -431,7 +448,7 @@ def run_raco_job(cfg: RacoJobConfig) -> dict[str, Any]:
         model, tok, cfg.simplex_weights, mode=cfg.mode, c=cfg.c, beta=cfg.beta,
         learning_rate=cfg.learning_rate, ref_model=ref, max_length=cfg.max_length,
         rescale=cfg.rescale, nll_weights=cfg.nll_weights,
-        anchors=[p in cfg.anchors for p in cfg.preferences],
+        anchors=[p in cfg.anchors for p in cfg.preferences], prefix_tokens=cfg.prefix_tokens,
     )  # fmt: skip
     ckpt = out / "checkpoint.pt"
     settings = learning_settings(
