@@ -146,6 +146,11 @@ results-compare: install
 	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless-mined$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --points "helpful=1" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-on-harmless-mined
 	$(PY) bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds benign_risky --vectors-dir results/vectors/helpful-on-harmless-mined$(COMMA)vectors --points "harmless=1;helpful=1,harmless=1" --out $(RESULTS_OUT)/helpful-on-harmless-mined/decline-probe.json
 	$(PY) bench/decline_probe.py --data data/refusal/mined/refusal_v5_declined_by_harmless.jsonl --split train --likelihoods --vectors-dir results/vectors/helpful-on-harmless-mined$(COMMA)vectors --points "helpful=1,harmless=1;harmless=1;base" --out $(RESULTS_OUT)/helpful-on-harmless-mined/decline-probe-mined-train.json
+	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1;helpful=1" --suites harmbench,xstest_safe --out $(RESULTS_OUT)/helpful-on-harmless-prefix
+	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1" --suites jbb_harmful,jbb_benign,do_not_answer --out $(RESULTS_OUT)/helpful-on-harmless-prefix
+	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --points "helpful=1" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-on-harmless-prefix
+	$(PY) bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds benign_risky --vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)vectors --points "harmless=1;helpful=1,harmless=1" --out $(RESULTS_OUT)/helpful-on-harmless-prefix/decline-probe.json
+	$(PY) bench/decline_probe.py --data data/refusal/mined/refusal_v5_declined_by_harmless.jsonl --split train --likelihoods --vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)vectors --points "helpful=1,harmless=1;harmless=1;base" --out $(RESULTS_OUT)/helpful-on-harmless-prefix/decline-probe-mined-train.json
 
 vectors-compare: install
 	$(VENV)/bin/prefvec train dpo --config results/configs/truthful-contrast.yaml
@@ -162,6 +167,7 @@ vectors-compare: install
 	$(VENV)/bin/prefvec train raco --config results/configs/helpful-on-harmless-nll.yaml --resume
 	$(PY) bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds benign_risky,benign --split train --vectors-dir vectors --points "harmless=1;base" --save-declined data/refusal/mined/refusal_v5_declined_by_harmless.jsonl --out $(RESULTS_OUT)/compliance-mined/mining-probe.json
 	$(VENV)/bin/prefvec train raco --config results/configs/helpful-on-harmless-mined.yaml --resume
+	$(VENV)/bin/prefvec train raco --config results/configs/helpful-on-harmless-prefix.yaml --resume
 
 # TruthfulQA MC2 on all 790 questions (not in `make results`: ≈ 2 × MC1's cost per point)
 results-mc2: install
