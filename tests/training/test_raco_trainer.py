@@ -32,6 +32,20 @@ def _conflicting_pairs() -> list[MultiPair]:
     return out
 
 
+def _reply_token_logps(
+    model: object, prompt: list[int], reply: list[int], adapter: bool
+) -> torch.Tensor:
+    """log π of each reply token, scored alone (adapter off: the reference), the oracle."""
+    ids = torch.tensor([prompt + reply])
+    if adapter:
+        logits = model(input_ids=ids).logits  # type: ignore[operator]
+    else:
+        with model.disable_adapter():  # type: ignore[attr-defined]
+            logits = model(input_ids=ids).logits  # type: ignore[operator]
+    logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+    return logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]][len(prompt) - 1 :]
+
+
 def _trainer(base: Path, mode: str = "raco", lr: float = 5e-3) -> RacoTrainer:
     cfg = RacoJobConfig(base=str(base), lora_targets=["q_proj", "v_proj"], lora_r=4, device="cpu")
     model, tok, ref = build_policy(base, cfg)
@@ -249,14 +263,7 @@ def test_anchor_loss_matches_a_per_reply_oracle(tiny_base_dir: Path) -> None:
         got, _ = anchored.losses(enc, labels)
 
         def reply_logps(prompt: list[int], reply: list[int], adapter: bool) -> torch.Tensor:
-            ids = torch.tensor([prompt + reply])
-            if adapter:
-                logits = model(input_ids=ids).logits
-            else:
-                with model.disable_adapter():
-                    logits = model(input_ids=ids).logits
-            logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
-            return logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]][len(prompt) - 1 :]
+            return _reply_token_logps(model, prompt, reply, adapter)
 
         total, replies = 0.0, 0
         for e, lab in zip(enc, labels[1].tolist(), strict=True):
@@ -560,14 +567,7 @@ def test_prefix_tokens_score_only_the_opening_of_each_reply(tiny_base_dir: Path)
         got, margins = cut.losses(enc, labels)
 
         def opening(prompt: list[int], reply: list[int], adapter: bool) -> torch.Tensor:
-            ids = torch.tensor([prompt + reply])
-            if adapter:
-                logits = model(input_ids=ids).logits
-            else:
-                with model.disable_adapter():
-                    logits = model(input_ids=ids).logits
-            logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
-            return logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]][len(prompt) - 1 :][:2]
+            return _reply_token_logps(model, prompt, reply, adapter)[:2]
 
         want_margins, dpo, nll, tokens = [], 0.0, 0.0, 0
         for e, lab in zip(enc, labels[0].tolist(), strict=True):
