@@ -602,6 +602,26 @@ def test_prefix_tokens_are_validated_and_shown_on_the_card() -> None:
     assert RacoJobConfig(preferences=prefs, prefix_tokens=[3, 0]).prefix_tokens == [3, 0]
 
 
+def test_card_of_a_prefix_job_says_what_is_scored(
+    tiny_base_dir: Path, toy_pairs_file: Path, tmp_path: Path
+) -> None:
+    from prefvec.training.card import render_card
+    from prefvec.training.raco import run_raco_job
+
+    saved = tmp_path / "v.safetensors"
+    cfg = RacoJobConfig(
+        base=str(tiny_base_dir), preferences=["a", "b"], mode="weighted_sum",
+        data_per_preference=[f"a={toy_pairs_file}", f"b={toy_pairs_file}"], prefix_tokens=[0, 2],
+        lora_targets=["q_proj"], lora_r=2, batch_size=2, max_length=64, max_prompt_length=32,
+        steps=1, progress=False, device="cpu", no_store=True, output_dir=str(tmp_path / "run"),
+        save_vector=str(saved),
+    )  # fmt: skip
+    run_raco_job(cfg)
+    card = render_card(saved)
+    assert "`b` scored on the first 2 tokens of each reply only" in card
+    assert "| prefix_tokens | [0, 2] |" in card
+
+
 def test_a_run_recorded_before_a_setting_existed_resumes_with_its_neutral_value() -> None:
     """Runs recorded before `prefix_tokens` existed were trained on whole replies: they resume
     when it is left empty and are refused when it is set."""

@@ -372,6 +372,11 @@ def _joint_card(
             f"; {', '.join(f'`{a}`' for a in anchors)} as an anchor (its replies kept where "
             f"{start} has them, not learnt)"
         )
+    cut = [(p, n) for p, n in zip(prefs, cfg.get("prefix_tokens") or [], strict=False) if n]
+    if cut:
+        joint += "; " + ", ".join(
+            f"`{p}` scored on the first {n} tokens of each reply only" for p, n in cut
+        )
     if top:
         joint += (
             f"; trained ON TOP OF `{top.get('on_top_of')}` (vector `{top.get('preference')}`, "
