@@ -119,7 +119,8 @@ results-heldout: install
 # the same data, losses and budget (results/configs/helpful-harmless-v5.yaml); mora-v5: MORA
 # simultaneous and sequential on the new data; helpful-compliance: the anchored helpful plus a
 # compliance objective (not shipped); helpful-on-harmless: the same trained on top of the shipped
-# harmless (`on_top_of`), and that with an NLL term on the compliance answers
+# harmless (`on_top_of`), and that with an NLL term on the compliance answers; -mined: compliance
+# only on the rows harmless declines; -prefix: that scored on each reply's first 3 tokens
 MO_CONFIG ?= results/configs/helpful-harmless-v5.yaml
 MO_POINTS ?= weighted-sum-helpful-harmless=1;raco-helpful-harmless=1;cagrad-helpful-harmless=1
 # MORA on the new data (results/vectors/mora-v5/, compare with harmless-v5 in results/eval/harmless-v5/)
@@ -151,6 +152,7 @@ results-compare: install
 	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --points "helpful=1" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-on-harmless-prefix
 	$(PY) bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds benign_risky --vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)vectors --points "harmless=1;helpful=1,harmless=1" --out $(RESULTS_OUT)/helpful-on-harmless-prefix/decline-probe.json
 	$(PY) bench/decline_probe.py --data data/refusal/mined/refusal_v5_declined_by_harmless.jsonl --split train --likelihoods --vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)vectors --points "helpful=1,harmless=1;harmless=1;base" --out $(RESULTS_OUT)/helpful-on-harmless-prefix/decline-probe-mined-train.json
+	$(PY) bench/refusal_demo.py --vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)vectors --extra helpful=1 --etas 0,1 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/helpful-on-harmless-prefix/refusal-demo.json --markdown $(RESULTS_OUT)/helpful-on-harmless-prefix/refusal-demo.md
 
 vectors-compare: install
 	$(VENV)/bin/prefvec train dpo --config results/configs/truthful-contrast.yaml
