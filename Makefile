@@ -152,6 +152,7 @@ results-compare: install
 	$(EVAL) grid $(subst --vectors-dir $(VECTORS_DIRS),--vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)$(VECTORS_DIRS),$(EVAL_ARGS)) --points "helpful=1" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-on-harmless-prefix
 	$(PY) bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds benign_risky --vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)vectors --points "harmless=1;helpful=1,harmless=1" --out $(RESULTS_OUT)/helpful-on-harmless-prefix/decline-probe.json
 	$(PY) bench/decline_probe.py --data data/refusal/mined/refusal_v5_declined_by_harmless.jsonl --split train --likelihoods --vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)vectors --points "helpful=1,harmless=1;harmless=1;base" --out $(RESULTS_OUT)/helpful-on-harmless-prefix/decline-probe-mined-train.json
+	$(PY) bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds harmful --likelihoods --vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)vectors --points "harmless=1;helpful=1,harmless=1" --out $(RESULTS_OUT)/helpful-on-harmless-prefix/decline-probe-harmful.json
 	$(PY) bench/refusal_demo.py --vectors-dir results/vectors/helpful-on-harmless-prefix$(COMMA)vectors --extra helpful=1 --etas 0,1 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/helpful-on-harmless-prefix/refusal-demo.json --markdown $(RESULTS_OUT)/helpful-on-harmless-prefix/refusal-demo.md
 
 vectors-compare: install
