@@ -619,6 +619,7 @@ def test_card_of_a_prefix_job_says_what_is_scored(
     run_raco_job(cfg)
     card = render_card(saved)
     assert "`b` scored on the first 2 tokens of each reply only" in card
+    assert "For `b` the reward is over each reply's first 2 tokens, as its loss." in card
     assert "| prefix_tokens | [0, 2] |" in card
 
 

@@ -422,7 +422,11 @@ def _joint_card(
         "",
         "Per objective, on that preference's own validation pairs: implicit reward",
         "β·log π/π_ref of the joint model; accuracy = share whose chosen reply gets the higher",
-        "reward (95% Wilson interval).",
+        "reward (95% Wilson interval)."
+        + "".join(
+            f" For `{p}` the reward is over each reply's first {n} tokens, as its loss."
+            for p, n in cut
+        ),
         "",
         "| objective | pairs | accuracy [95% CI] | mean margin | loss |",
         "|---|---:|---|---:|---:|",
