@@ -623,13 +623,15 @@ def test_card_of_a_prefix_job_says_what_is_scored(
     assert "| prefix_tokens | [0, 2] |" in card
 
 
-def test_a_run_recorded_before_a_setting_existed_resumes_with_its_neutral_value() -> None:
-    """Runs recorded before `prefix_tokens` existed were trained on whole replies: they resume
-    when it is left empty and are refused when it is set."""
+def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default() -> None:
+    """Runs recorded before `prefix_tokens` existed were trained on whole replies (its
+    default): they resume when it is left at its default and are refused when it is set."""
     from prefvec.errors import ValidationError
-    from prefvec.training.config import check_resumable
+    from prefvec.training.config import check_resumable, setting_defaults
 
+    defaults = setting_defaults(RacoJobConfig())
+    assert defaults["prefix_tokens"] == [] and defaults["learning_rate"] == 5e-4
     old = {"learning_rate": 0.001}
-    check_resumable(old, {"learning_rate": 0.001, "prefix_tokens": []}, "old run")
+    check_resumable(old, {"learning_rate": 0.001, "prefix_tokens": []}, "old run", defaults)
     with pytest.raises(ValidationError, match=r"`resume`.*prefix_tokens: \[\] -> \[3, 0\]"):
-        check_resumable(old, {"learning_rate": 0.001, "prefix_tokens": [3, 0]}, "old run")
+        check_resumable(old, {"learning_rate": 0.001, "prefix_tokens": [3, 0]}, "old run", defaults)

@@ -204,11 +204,6 @@ RESUMABLE_CHANGES = frozenset({
 })  # fmt: skip
 
 
-# Settings added after runs began recording theirs, with the value that leaves training as it
-# was: a run recorded without one was trained with that value.
-ADDED_SETTINGS: dict[str, Any] = {"prefix_tokens": []}
-
-
 def learning_settings(
     cfg: CommonTrainConfig, fields: Iterable[str] | None = None, **content: Any
 ) -> dict[str, Any]:
@@ -225,14 +220,33 @@ def learning_settings(
     return out
 
 
-def check_resumable(before: dict[str, Any] | None, now: dict[str, Any], where: str) -> None:
+def setting_defaults(cfg: CommonTrainConfig) -> dict[str, Any]:
+    """Each setting's default, as :func:`learning_settings` records values (JSON)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    normalised: dict[str, Any] = json.loads(json.dumps(out, sort_keys=True, default=str))
+    return normalised
+
+
+def check_resumable(
+    before: dict[str, Any] | None,
+    now: dict[str, Any],
+    where: str,
+    defaults: dict[str, Any] | None = None,
+) -> None:
     """Refuse to resume ``where`` when it was trained with other settings: a ValidationError
-    naming ``resume`` and each setting that differs. ``before`` None: written before runs
-    recorded their settings (accepted, with a warning)."""
+    naming ``resume`` and each setting that differs. A setting ``before`` lacks (added to the
+    config after that run was recorded) counts as its value in ``defaults``
+    (:func:`setting_defaults`): new settings default to what training did before them.
+    ``before`` None: written before runs recorded their settings (accepted, with a warning)."""
     if before is None:
         logger.warning("%s records no settings; resuming without checking them", where)
         return
-    before = {**{k: v for k, v in ADDED_SETTINGS.items() if k in now}, **before}
+    before = {**{k: v for k, v in (defaults or {}).items() if k in now}, **before}
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         diff = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)

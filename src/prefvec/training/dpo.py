@@ -37,6 +37,7 @@ from prefvec.training.config import (
     DPOJobConfig,
     check_resumable,
     learning_settings,
+    setting_defaults,
 )
 from prefvec.training.data import (
     PreferencePair,
@@ -260,7 +261,7 @@ def train_dpo_run(
     recorded = out / "settings.json"
     if cfg.resume and (done.is_file() or (out / "checkpoints").is_dir()):
         before = json.loads(recorded.read_text()) if recorded.is_file() else None
-        check_resumable(before, settings, repr(str(out)))
+        check_resumable(before, settings, repr(str(out)), setting_defaults(cfg))
     if cfg.resume and done.is_file():
         old = json.loads(done.read_text())
         trained_steps = old.get("steps") or _last_checkpoint_step(out / "checkpoints")

@@ -107,14 +107,13 @@ def implicit_margins(
 
 
 def dpo_losses(margins: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-objective DPO losses (DPO Eq. 7) from margins and labels (K, B) in {+1, −1, 0}.
+    """Per-objective DPO losses (DPO Eq. 7) from margins (K, B), one row per objective, and
+    labels (K, B) in {+1, −1, 0}.
 
-    ``margins`` is (B,), shared by every objective, or (K, B), one row per objective. Label +1
-    means reply a is preferred for that objective, −1 reply b, 0 no opinion (masked). Returns a
-    (K,) tensor; an objective with no labelled pair in the batch gets 0.
+    Label +1 means reply a is preferred for that objective, −1 reply b, 0 no opinion (masked).
+    Returns a (K,) tensor; an objective with no labelled pair in the batch gets 0.
     """
-    rows = margins if margins.dim() == 2 else margins.unsqueeze(0)
-    signed = labels.to(margins.dtype) * rows  # (K, B)
+    signed = labels.to(margins.dtype) * margins  # (K, B)
     mask = (labels != 0).to(margins.dtype)
     per = -F.logsigmoid(signed) * mask
     return per.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)

@@ -30,6 +30,7 @@ from prefvec.training.config import (
     check_resumable,
     data_for,
     learning_settings,
+    setting_defaults,
 )
 from prefvec.training.data import DataReport, PreferencePair, _json_lines, _prompt_messages
 from prefvec.training.logps import (
@@ -378,13 +379,13 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    path: Path, trainer: RacoTrainer, settings: dict[str, Any]
+    path: Path, trainer: RacoTrainer, settings: dict[str, Any], defaults: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """Continue from ``path``; a checkpoint trained with other settings is refused (a
     ValidationError naming ``resume`` and the settings that differ), never silently mixed."""
     state = torch.load(path, weights_only=True)
     before = json.loads(state["settings"]) if "settings" in state else None
-    check_resumable(before, settings, f"the checkpoint {path}")
+    check_resumable(before, settings, f"the checkpoint {path}", defaults)
     params = dict(trainer.model.named_parameters())
     with torch.no_grad():
         for n, t in state["trainable"].items():
@@ -456,7 +457,11 @@ def run_raco_job(cfg: RacoJobConfig) -> dict[str, Any]:
         data_hash={p: info[p]["data_hash"] for p in cfg.preferences},
         on_top_of_sha256=on_top_of["sha256"] if on_top_of else None,
     )
-    curves = _load_checkpoint(ckpt, trainer, settings) if cfg.resume and ckpt.is_file() else []
+    curves = (
+        _load_checkpoint(ckpt, trainer, settings, setting_defaults(cfg))
+        if cfg.resume and ckpt.is_file()
+        else []
+    )
     batches = _batches(pools, cfg.batch_size, cfg.seed, trainer.step_count * cfg.grad_accum)
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=trainer.step_count, disable=not cfg.progress, desc=cfg.mode)
