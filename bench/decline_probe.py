@@ -15,6 +15,14 @@ With ``--split train`` it reads the training split instead, and ``--save-decline
 the data file's own rows (JSONL, unchanged) whose prompt the *first* weight setting declined:
 the mining step for a compliance objective aimed at what a vector still declines. The validation
 split is never mined, so the default probe stays a held-out measure of the result.
+
+``--save-anchor FILE`` mines an anchor set from any training source (hh-rlhf's red-team
+dialogues, for one): for each training prompt the first setting declines, a new row with that
+setting's own reply as ``chosen``, the pair's rejected reply as ``rejected`` and ``kind``
+``--anchor-kind``. A RACO anchor on these rows keeps the merge's own decline likely where it
+declined, on wording the refusal set's templates never used. Prompts too close to a held-out
+suite's (HarmBench, JailbreakBench, Do-Not-Answer, XSTest) are dropped, as the refusal set does;
+``--single-turn`` keeps only one-message prompts (the held-out suites are single-turn).
 """
 
 from __future__ import annotations
@@ -56,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the data rows whose prompt the first setting declined (JSONL)",
     )
     p.add_argument(
+        "--save-anchor",
+        default="",
+        help="write new rows (the first setting's declining reply as chosen) for an anchor",
+    )
+    p.add_argument("--anchor-kind", default="harmful", help="the `kind` of --save-anchor rows")
+    p.add_argument(
+        "--single-turn", action="store_true", help="probe only prompts of one user message"
+    )
+    p.add_argument(
         "--likelihoods",
         action="store_true",
         help="also score each pair's chosen and rejected reply under the merged model",
@@ -80,15 +97,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         kinds = [k for k in args.kinds.split(",") if k]
         train, val, info = prepare_pairs(cfg, "probe", [args.data], kinds)
-        if args.save_declined and args.split != "train":
-            raise ValidationError(
-                "`save_declined` mines the training split only; add --split train",
-                field="save_declined",
-            )
+        for name in ("save_declined", "save_anchor"):
+            if getattr(args, name) and args.split != "train":
+                raise ValidationError(
+                    f"`{name}` mines the training split only; add --split train", field=name
+                )
     except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     pairs = train if args.split == "train" else val
+    if args.single_turn:
+        pairs = [p for p in pairs if len(p.messages) == 1]
+    dropped: dict[str, Any] = {}
+    if args.save_anchor:
+        pairs, dropped = drop_close_to_heldout(pairs)
     prompts = [p.prompt for p in pairs]
     handle = ModelHandle(args.base, vectors_dir=args.vectors_dir, dtype=args.dtype)
     rows: list[dict[str, Any]] = []
@@ -115,8 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_saved = save_declined(args.data, pairs, rows[0]["replies"], args.save_declined)
         first = rows[0]["weights"]
         shas = {name: handle.vector_sha256(name) for name in first}
-        write_manifest(args, argv, kinds, len(pairs), first, n_saved, shas)
+        write_manifest(args, argv, kinds, len(pairs), first, n_saved, shas, args.save_declined)
         print(f"wrote {n_saved} rows to {args.save_declined} (and its .manifest.json)")
+    if args.save_anchor:
+        n_saved = save_anchor(pairs, rows[0], args.anchor_kind, args.save_anchor)
+        first = rows[0]["weights"]
+        shas = {name: handle.vector_sha256(name) for name in first}
+        write_manifest(
+            args, argv, kinds, len(pairs), first, n_saved, shas, args.save_anchor, dropped
+        )
+        print(f"wrote {n_saved} anchor rows to {args.save_anchor} (and its .manifest.json)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         report = {"data": args.data, "kinds": kinds, "data_hash": info["data_hash"],
@@ -190,6 +220,45 @@ def save_declined(
     return len(kept)
 
 
+def drop_close_to_heldout(pairs: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
+    """The pairs whose prompt is not too close to a held-out suite's or to a demo prompt of the
+    refusal templates (the refusal set's check: content-word Jaccard ≥ 0.5), and
+    ``{pair source: (similarity, closest)}`` of those dropped."""
+    from prefvec.evaluation.data import eval_data_dir
+    from prefvec.training.refusal.sources import SourcePrompt, contamination, heldout_prompts
+    from prefvec.training.refusal.templates import load_templates
+
+    tpl = load_templates()
+    held = heldout_prompts(eval_data_dir(None))
+    held += list(tpl.heldout_harmful + tpl.heldout_benign_risky)
+    probe = [SourcePrompt(p.source, p.messages[-1]["content"], p.kind, "") for p in pairs]
+    close = contamination(probe, held)
+    kept = [p for p in pairs if p.source not in close]
+    return kept, {k: {"similarity": s, "closest": t} for k, (s, t) in close.items()}
+
+
+def save_anchor(pairs: Sequence[Any], point: dict[str, Any], kind: str, out: str) -> int:
+    """New JSONL rows for the pairs ``point`` declined: its own reply (tidied to its last full
+    sentence) as chosen, the pair's rejected reply as rejected. Each row keeps the pair's split
+    group, so it lands on the training side of the same split again."""
+    from prefvec.training.refusal.build import tidy
+
+    label = ",".join(f"{k}={v:g}" for k, v in point["weights"].items()) or "base"
+    rows = [
+        {"prompt": p.messages, "chosen": tidy(r["reply"]), "rejected": p.rejected,
+         "kind": kind, "group": p.group,
+         "provenance": {"prompt": p.source, "rejected": p.source,
+                        "chosen": f"greedy reply at {label} (decline probe)"}}
+        for p, r in zip(pairs, point["replies"], strict=True)
+        if r["declined"]
+    ]  # fmt: skip
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(out)
+    return len(rows)
+
+
 def write_manifest(
     args: argparse.Namespace,
     argv: Sequence[str] | None,
@@ -198,11 +267,13 @@ def write_manifest(
     weights: dict[str, float],
     n_saved: int,
     vector_sha256: dict[str, str],
+    saved: str,
+    dropped: dict[str, Any] | None = None,
 ) -> None:
-    """Provenance beside the mined rows: ``<file stem>.manifest.json``."""
+    """Provenance beside the mined rows ``saved``: ``<file stem>.manifest.json``."""
     from prefvec.vector_store.store import sha256_file
 
-    out = Path(args.save_declined)
+    out = Path(saved)
     manifest = {
         "command": shlex.join(
             ["python", "bench/decline_probe.py", *(argv if argv is not None else sys.argv[1:])]
@@ -216,9 +287,12 @@ def write_manifest(
         "decoding": {"greedy": True, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype},
         "judge": "prefvec.scoring.refusal.is_refusal (string match)",
         "probed": n_probed,
+        "single_turn": args.single_turn,
         "rows": n_saved,
         "sha256": sha256_file(out),
     }
+    if dropped is not None:
+        manifest["dropped_as_close_to_heldout"] = dropped
     path = out.with_name(out.stem + ".manifest.json")
     path.write_text(json.dumps(manifest, indent=2) + "\n")
 

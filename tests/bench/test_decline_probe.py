@@ -155,3 +155,73 @@ def test_score_pairs_matches_a_plain_forward_pass(tiny_base_dir: Path) -> None:
     summary = summarize([got])
     assert summary["chosen_likelier"] == int(want_c[0] > want_r[0])
     assert summary["chosen_first_token_likelier"] == int(want_c[1] > want_r[1])
+
+
+def test_save_anchor_writes_the_first_settings_own_declines(
+    tiny_base_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """hh-rlhf dialogues: single-turn training prompts only, those too close to a held-out
+    prompt dropped, and per declined prompt a new row (its own reply as chosen, the pair's
+    rejected reply as rejected) that falls on the training side of the same split again."""
+    import gzip
+
+    from bench import decline_probe
+    from prefvec.evaluation.data import eval_data_dir
+    from prefvec.scoring import refusal
+    from prefvec.training.config import DPOJobConfig
+    from prefvec.training.dpo import prepare_pairs
+    from prefvec.training.refusal.build import tidy
+    from prefvec.training.refusal.templates import load_templates
+
+    demo = load_templates().heldout_harmful[0]  # a demo prompt: must never be mined
+    asks = [f"how would someone get away with prank number {i}?" for i in range(30)] + [demo]
+    dialogues = [{"chosen": f"\n\nHuman: {q}\n\nAssistant: Please don't.",
+                  "rejected": f"\n\nHuman: {q}\n\nAssistant: Here is how, step {i}."}
+                 for i, q in enumerate(asks)]  # fmt: skip
+    dialogues.append({"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: no",
+                      "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: "
+                                  "yes"})  # fmt: skip
+    data = tmp_path / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+    data.parent.mkdir(parents=True)
+    with gzip.open(data, "wt") as f:
+        f.writelines(json.dumps(d) + "\n" for d in dialogues)
+    # every reply counts as a decline (the "decline" itself is the tiny model's reply)
+    monkeypatch.setattr(refusal, "is_refusal", lambda reply: True)
+    anchor = tmp_path / "anchor.jsonl"
+    common = ["--data", str(data), "--base", str(tiny_base_dir), "--points", "base",
+              "--val-fraction", "0.3", "--max-new-tokens", "6", "--single-turn"]  # fmt: skip
+    assert decline_probe.main([*common, "--save-anchor", str(anchor)]) == 2
+    assert "`save_anchor`" in capsys.readouterr().err and not anchor.exists()
+    out = tmp_path / "probe.json"
+    argv = [*common, "--split", "train", "--save-anchor", str(anchor), "--out", str(out)]
+    assert decline_probe.main(argv) == 0
+    cfg = DPOJobConfig(val_fraction=0.3, seed=0)
+    train, _, _ = prepare_pairs(cfg, "probe", [str(data)])
+    single = [p for p in train if len(p.messages) == 1]
+    want = [p for p in single if p.messages[0]["content"] != demo]
+    rows = [json.loads(line) for line in anchor.read_text().splitlines()]
+    replies = {r["prompt"][0]["content"]: r["reply"]
+               for r in json.loads(out.read_text())["points"][0]["replies"]}  # fmt: skip
+    assert rows and [r["prompt"][0]["content"] for r in rows] == [
+        p.messages[0]["content"] for p in want
+    ]
+    for row, pair in zip(rows, want, strict=True):
+        assert row["chosen"] == tidy(replies[pair.messages[0]["content"]])
+        assert row["rejected"] == pair.rejected and row["kind"] == "harmful"
+    # read back as training data, every row lands on the training side again
+    mined_train, mined_val, _ = prepare_pairs(cfg, "probe", [str(anchor)], ["harmful"])
+    assert len(mined_train) == len(rows) and not mined_val
+    manifest = json.loads((tmp_path / "anchor.manifest.json").read_text())
+    assert manifest["rows"] == len(rows) and manifest["single_turn"] is True
+    assert "--save-anchor" in manifest["command"]
+    # the held-out check on its own: a demo prompt and a HarmBench one go, a prank stays
+    from prefvec.evaluation import data as D
+    from prefvec.training.data import make_pair
+
+    harmbench = D.load_harmbench(eval_data_dir(None))[0].prompt
+    probe = [make_pair([{"role": "user", "content": q}], "no", "yes", source=f"x:{i}")
+             for i, q in enumerate([demo, harmbench, asks[0]])]  # fmt: skip
+    kept, dropped = decline_probe.drop_close_to_heldout(probe)
+    assert [p.messages[0]["content"] for p in kept] == [asks[0]]
+    assert {v["closest"] for v in dropped.values()} == {demo, harmbench}
