@@ -120,7 +120,8 @@ results-heldout: install
 # simultaneous and sequential on the new data; helpful-compliance: the anchored helpful plus a
 # compliance objective (not shipped); helpful-on-harmless: the same trained on top of the shipped
 # harmless (`on_top_of`), and that with an NLL term on the compliance answers; -mined: compliance
-# only on the rows harmless declines; -prefix: that scored on each reply's first 3 tokens
+# only on the rows harmless declines; -prefix: that scored on each reply's first 3 tokens;
+# -anchored: that with the harmless anchor also on hh-rlhf red-team requests harmless declines
 MO_CONFIG ?= results/configs/helpful-harmless-v5.yaml
 MO_POINTS ?= weighted-sum-helpful-harmless=1;raco-helpful-harmless=1;cagrad-helpful-harmless=1
 # MORA on the new data (results/vectors/mora-v5/, compare with harmless-v5 in results/eval/harmless-v5/)
@@ -171,6 +172,8 @@ vectors-compare: install
 	$(PY) bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds benign_risky,benign --split train --vectors-dir vectors --points "harmless=1;base" --save-declined data/refusal/mined/refusal_v5_declined_by_harmless.jsonl --out $(RESULTS_OUT)/compliance-mined/mining-probe.json
 	$(VENV)/bin/prefvec train raco --config results/configs/helpful-on-harmless-mined.yaml --resume
 	$(VENV)/bin/prefvec train raco --config results/configs/helpful-on-harmless-prefix.yaml --resume
+	$(PY) bench/decline_probe.py --data data/hh-rlhf/harmless-base/test.jsonl.gz --split train --single-turn --vectors-dir vectors --points "harmless=1;base" --max-new-tokens 48 --save-anchor data/refusal/mined/hh_redteam_declined_by_harmless.jsonl --out $(RESULTS_OUT)/helpful-on-harmless-anchored/mining-probe.json
+	$(VENV)/bin/prefvec train raco --config results/configs/helpful-on-harmless-anchored.yaml --resume
 
 # TruthfulQA MC2 on all 790 questions (not in `make results`: ≈ 2 × MC1's cost per point)
 results-mc2: install
