@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from prefvec.errors import ValidationError
-    from prefvec.evaluation.grid import parse_points
+    from prefvec.evaluation.grid import parse_points, point_label
     from prefvec.evaluation.targets import ModelHandle
     from prefvec.scoring.refusal import is_refusal
     from prefvec.training.config import DPOJobConfig
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = handle.target(weights)
         replies = target.generate(prompts, max_new_tokens=args.max_new_tokens)
         declined = [is_refusal(r) for r in replies]
-        label = ",".join(f"{k}={v:g}" for k, v in weights.items()) or "base"
+        label = point_label(weights)
         split = "validation" if args.split == "val" else "training"
         print(f"{label}: {sum(declined)}/{len(declined)} {split} prompts declined")
         row = {
@@ -133,16 +133,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             row["likelihood"] = summarize(scored)
             print(f"{label}: {describe(row['likelihood'])}")
         rows.append(row)
+    first = rows[0]["weights"]  # the setting mined: its vectors' hashes go in the manifest
+    shas = (
+        {n: handle.vector_sha256(n) for n in first}
+        if args.save_declined or args.save_anchor
+        else {}
+    )
     if args.save_declined:
         n_saved = save_declined(args.data, pairs, rows[0]["replies"], args.save_declined)
-        first = rows[0]["weights"]
-        shas = {name: handle.vector_sha256(name) for name in first}
         write_manifest(args, argv, kinds, len(pairs), first, n_saved, shas, args.save_declined)
         print(f"wrote {n_saved} rows to {args.save_declined} (and its .manifest.json)")
     if args.save_anchor:
         n_saved = save_anchor(pairs, rows[0], args.anchor_kind, args.save_anchor)
-        first = rows[0]["weights"]
-        shas = {name: handle.vector_sha256(name) for name in first}
         write_manifest(
             args, argv, kinds, len(pairs), first, n_saved, shas, args.save_anchor, dropped
         )
@@ -241,9 +243,10 @@ def save_anchor(pairs: Sequence[Any], point: dict[str, Any], kind: str, out: str
     """New JSONL rows for the pairs ``point`` declined: its own reply (tidied to its last full
     sentence) as chosen, the pair's rejected reply as rejected. Each row keeps the pair's split
     group, so it lands on the training side of the same split again."""
+    from prefvec.evaluation.grid import point_label
     from prefvec.training.refusal.build import tidy
 
-    label = ",".join(f"{k}={v:g}" for k, v in point["weights"].items()) or "base"
+    label = point_label(point["weights"])
     rows = [
         {"prompt": p.messages, "chosen": tidy(r["reply"]), "rejected": p.rejected,
          "kind": kind, "group": p.group,
