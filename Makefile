@@ -121,7 +121,8 @@ results-heldout: install
 # compliance objective (not shipped); helpful-on-harmless: the same trained on top of the shipped
 # harmless (`on_top_of`), and that with an NLL term on the compliance answers; -mined: compliance
 # only on the rows harmless declines; -prefix: that scored on each reply's first 3 tokens;
-# -anchored: that with the harmless anchor also on hh-rlhf red-team requests harmless declines
+# -anchored: that with the harmless anchor also on hh-rlhf red-team requests harmless declines;
+# -decline: that plus an active decline objective on harmful requests' first 3 reply tokens
 MO_CONFIG ?= results/configs/helpful-harmless-v5.yaml
 MO_POINTS ?= weighted-sum-helpful-harmless=1;raco-helpful-harmless=1;cagrad-helpful-harmless=1
 # MORA on the new data (results/vectors/mora-v5/, compare with harmless-v5 in results/eval/harmless-v5/)
@@ -168,6 +169,16 @@ results-compare: install
 	$(PY) bench/decline_probe.py --data data/refusal/mined/hh_redteam_declined_by_harmless.jsonl --split train --max-new-tokens 48 --vectors-dir results/vectors/helpful-on-harmless-anchored$(COMMA)vectors --points "helpful=1,harmless=1" --out $(RESULTS_OUT)/helpful-on-harmless-anchored/decline-probe-anchor-train.json
 	$(PY) bench/refusal_demo.py --vectors-dir results/vectors/helpful-on-harmless-anchored$(COMMA)vectors --extra helpful=1 --etas 0,1 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/helpful-on-harmless-anchored/refusal-demo.json --markdown $(RESULTS_OUT)/helpful-on-harmless-anchored/refusal-demo.md
 	$(PY) bench/refusal_demo.py --vectors-dir results/vectors/helpful-on-harmless-anchored$(COMMA)vectors --extra helpful=0.5 --etas 0,1 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/helpful-on-harmless-anchored/refusal-demo-helpful0.5.json --markdown $(RESULTS_OUT)/helpful-on-harmless-anchored/refusal-demo-helpful0.5.md
+	$(call RECIPE_GRID,helpful-on-harmless-decline) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1;helpful=0.5,harmless=1" --suites harmbench,xstest_safe --out $(RESULTS_OUT)/helpful-on-harmless-decline
+	$(call RECIPE_GRID,helpful-on-harmless-decline) --limit $(GEN_LIMIT) --points "helpful=1,harmless=1;helpful=0.5,harmless=1" --suites jbb_harmful,jbb_benign,do_not_answer --out $(RESULTS_OUT)/helpful-on-harmless-decline
+	$(call RECIPE_GRID,helpful-on-harmless-decline) --points "helpful=1" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-on-harmless-decline/alone
+	$(call RECIPE_GRID,helpful-on-harmless-decline) --points "helpful=1,harmless=1" --suites alpaca_pairs --out $(RESULTS_OUT)/helpful-on-harmless-decline/alpaca
+	$(call RECIPE_GRID,helpful-on-harmless-decline) --limit $(GEN_LIMIT) --points "helpful=1" --suites harmbench,xstest_safe --out $(RESULTS_OUT)/helpful-on-harmless-decline/alone
+	$(PY) bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds benign_risky --vectors-dir results/vectors/helpful-on-harmless-decline$(COMMA)vectors --points "harmless=1;helpful=1,harmless=1" --out $(RESULTS_OUT)/helpful-on-harmless-decline/decline-probe.json
+	$(PY) bench/decline_probe.py --data data/refusal/mined/refusal_v5_declined_by_harmless.jsonl --split train --likelihoods --vectors-dir results/vectors/helpful-on-harmless-decline$(COMMA)vectors --points "helpful=1,harmless=1;harmless=1;base" --out $(RESULTS_OUT)/helpful-on-harmless-decline/decline-probe-mined-train.json
+	$(PY) bench/decline_probe.py --data data/refusal/refusal_v5.jsonl --kinds harmful --likelihoods --vectors-dir results/vectors/helpful-on-harmless-decline$(COMMA)vectors --points "harmless=1;helpful=1,harmless=1" --out $(RESULTS_OUT)/helpful-on-harmless-decline/decline-probe-harmful.json
+	$(PY) bench/refusal_demo.py --vectors-dir results/vectors/helpful-on-harmless-decline$(COMMA)vectors --extra helpful=1 --etas 0,1 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/helpful-on-harmless-decline/refusal-demo.json --markdown $(RESULTS_OUT)/helpful-on-harmless-decline/refusal-demo.md
+	$(PY) bench/refusal_demo.py --vectors-dir results/vectors/helpful-on-harmless-decline$(COMMA)vectors --extra helpful=0.5 --etas 0,1 --max-new-tokens 48 --dtype float32 --out $(RESULTS_OUT)/helpful-on-harmless-decline/refusal-demo-helpful0.5.json --markdown $(RESULTS_OUT)/helpful-on-harmless-decline/refusal-demo-helpful0.5.md
 
 vectors-compare: install
 	$(VENV)/bin/prefvec train dpo --config results/configs/truthful-contrast.yaml
@@ -187,6 +198,7 @@ vectors-compare: install
 	$(VENV)/bin/prefvec train raco --config results/configs/helpful-on-harmless-prefix.yaml --resume
 	$(PY) bench/decline_probe.py --data data/hh-rlhf/harmless-base/test.jsonl.gz --split train --single-turn --vectors-dir vectors --points "harmless=1;base" --max-new-tokens 48 --save-anchor data/refusal/mined/hh_redteam_declined_by_harmless.jsonl --out $(RESULTS_OUT)/helpful-on-harmless-anchored/mining-probe.json
 	$(VENV)/bin/prefvec train raco --config results/configs/helpful-on-harmless-anchored.yaml --resume
+	$(VENV)/bin/prefvec train raco --config results/configs/helpful-on-harmless-decline.yaml --resume
 
 # TruthfulQA MC2 on all 790 questions (not in `make results`: ≈ 2 × MC1's cost per point)
 results-mc2: install
