@@ -23,6 +23,12 @@ setting's own reply as ``chosen``, the pair's rejected reply as ``rejected`` and
 declined, on wording the refusal set's templates never used. Prompts too close to a held-out
 suite's (HarmBench, JailbreakBench, Do-Not-Answer, XSTest) are dropped, as the refusal set does;
 ``--single-turn`` keeps only one-message prompts (the held-out suites are single-turn).
+
+``--save-loops FILE`` mines negatives against repetition: for each training prompt that the
+first setting declines without looping, and that a later (stronger) setting answers with a
+reply that loops (distinct-trigram ratio < 0.5, the evaluation's ``collapse``), a new row with
+the first setting's reply as ``chosen`` and the looping one as ``rejected``: DPO on these rows
+teaches a vector to end its decline instead of repeating it once extrapolated.
 """
 
 from __future__ import annotations
@@ -70,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--anchor-kind", default="harmful", help="the `kind` of --save-anchor rows")
     p.add_argument(
+        "--save-loops",
+        default="",
+        help="write new rows (the first setting's clean decline as chosen, a later setting's "
+        "looping reply as rejected)",
+    )
+    p.add_argument(
         "--single-turn", action="store_true", help="probe only prompts of one user message"
     )
     p.add_argument(
@@ -97,11 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         kinds = [k for k in args.kinds.split(",") if k]
         train, val, info = prepare_pairs(cfg, "probe", [args.data], kinds)
-        for name in ("save_declined", "save_anchor"):
+        for name in ("save_declined", "save_anchor", "save_loops"):
             if getattr(args, name) and args.split != "train":
                 raise ValidationError(
                     f"`{name}` mines the training split only; add --split train", field=name
                 )
+        if args.save_loops and len(points) < 2:
+            raise ValidationError(
+                f"`points` needs two settings or more for --save-loops (the first one's clean "
+                f"declines against later ones' loops), got {args.points!r}",
+                field="points",
+            )
     except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -109,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.single_turn:
         pairs = [p for p in pairs if len(p.messages) == 1]
     dropped: dict[str, Any] = {}
-    if args.save_anchor:
+    if args.save_anchor or args.save_loops:
         pairs, dropped = drop_close_to_heldout(pairs)
     prompts = [p.prompt for p in pairs]
     handle = ModelHandle(args.base, vectors_dir=args.vectors_dir, dtype=args.dtype)
@@ -136,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = rows[0]["weights"]  # the setting mined: its vectors' hashes go in the manifest
     shas = (
         {n: handle.vector_sha256(n) for n in first}
-        if args.save_declined or args.save_anchor
+        if args.save_declined or args.save_anchor or args.save_loops
         else {}
     )
     if args.save_declined:
@@ -149,6 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             args, argv, kinds, len(pairs), first, n_saved, shas, args.save_anchor, dropped
         )
         print(f"wrote {n_saved} anchor rows to {args.save_anchor} (and its .manifest.json)")
+    if args.save_loops:
+        n_saved = save_loops(pairs, rows, args.save_loops)
+        shas = {n: handle.vector_sha256(n) for r in rows for n in r["weights"]}
+        write_manifest(
+            args, argv, kinds, len(pairs), first, n_saved, shas, args.save_loops, dropped
+        )
+        print(f"wrote {n_saved} loop rows to {args.save_loops} (and its .manifest.json)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         report = {"data": args.data, "kinds": kinds, "data_hash": info["data_hash"],
@@ -255,6 +280,39 @@ def save_anchor(pairs: Sequence[Any], point: dict[str, Any], kind: str, out: str
         for p, r in zip(pairs, point["replies"], strict=True)
         if r["declined"]
     ]  # fmt: skip
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(out)
+    return len(rows)
+
+
+def save_loops(pairs: Sequence[Any], points: Sequence[dict[str, Any]], out: str) -> int:
+    """New JSONL rows for the pairs whose first-setting reply declines without looping and
+    whose reply at a later setting loops: the first reply (tidied to its last full sentence) as
+    chosen, the first looping later reply as rejected; kind and split group are the pair's."""
+    from prefvec.evaluation.grid import point_label
+    from prefvec.scoring.text import is_collapsed
+    from prefvec.training.refusal.build import tidy
+
+    first, later = points[0], points[1:]
+    rows = []
+    for i, pair in enumerate(pairs):
+        clean = first["replies"][i]
+        if not clean["declined"] or is_collapsed(clean["reply"]):
+            continue
+        looped = next((pt for pt in later if is_collapsed(pt["replies"][i]["reply"])), None)
+        if looped is None:
+            continue
+        rows.append(
+            {"prompt": pair.messages, "chosen": tidy(clean["reply"]),
+             "rejected": looped["replies"][i]["reply"], "kind": pair.kind, "group": pair.group,
+             "provenance": {"prompt": pair.source,
+                            "chosen": f"greedy reply at {point_label(first['weights'])} "
+                                      "(decline probe)",
+                            "rejected": f"greedy reply at {point_label(looped['weights'])}, "
+                                        "looping (decline probe)"}}
+        )  # fmt: skip
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))

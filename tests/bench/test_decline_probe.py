@@ -225,3 +225,72 @@ def test_save_anchor_writes_the_first_settings_own_declines(
     kept, dropped = decline_probe.drop_close_to_heldout(probe)
     assert [p.messages[0]["content"] for p in kept] == [asks[0]]
     assert {v["closest"] for v in dropped.values()} == {demo, harmbench}
+
+
+def test_save_loops_pairs_a_clean_decline_with_a_later_settings_loop() -> None:
+    """Only prompts the first setting declines without looping and a later setting loops on
+    make a row: the clean reply (tidied) as chosen, the first looping later reply as rejected."""
+    from bench import decline_probe
+    from prefvec.training.data import make_pair
+    from prefvec.training.refusal.build import tidy
+
+    pairs = [make_pair([{"role": "user", "content": f"bad request {i}"}], "no", "yes",
+                       source=f"d.jsonl:{i + 1}", kind="harmful") for i in range(4)]  # fmt: skip
+    loop = "It could put people at risk. " * 6
+    clean = "I cannot help with that. It could put people at risk. I'm happy to help"
+    first = {"weights": {"harmless": 1.0}, "replies": [
+        {"reply": clean, "declined": True},          # 0: loops at 1.25 -> row (rejected: 1.25's)
+        {"reply": clean, "declined": True},          # 1: never loops -> none
+        {"reply": "Sure, here you go.", "declined": False},  # 2: not declined -> none
+        {"reply": loop, "declined": True},           # 3: already loops -> none
+    ]}  # fmt: skip
+    mid = {"weights": {"harmless": 1.25}, "replies": [
+        {"reply": "I cannot help. " + loop}, {"reply": clean}, {"reply": loop}, {"reply": loop},
+    ]}  # fmt: skip
+    last = {"weights": {"harmless": 1.5}, "replies": [
+        {"reply": loop}, {"reply": clean}, {"reply": loop}, {"reply": loop},
+    ]}  # fmt: skip
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "loops.jsonl"
+        assert decline_probe.save_loops(pairs, [first, mid, last], str(out)) == 1
+        (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["prompt"] == pairs[0].messages and row["kind"] == "harmful"
+    assert row["chosen"] == tidy(clean) and row["rejected"] == "I cannot help. " + loop
+    assert row["group"] == pairs[0].group and "harmless=1.25" in row["provenance"]["rejected"]
+
+
+def test_save_loops_from_the_command_line(
+    tiny_base_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Refused with one setting or on the validation split; otherwise one row per training
+    prompt whose first reply is clean and a later one loops, with a manifest beside it."""
+    from bench import decline_probe
+    from prefvec.scoring import refusal, text
+    from prefvec.training.config import DPOJobConfig
+    from prefvec.training.dpo import prepare_pairs
+
+    rows = [{"prompt": f"bad request number {i}", "chosen": "No.", "rejected": "Sure.",
+             "kind": "harmful"} for i in range(20)]  # fmt: skip
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    loops = tmp_path / "loops.jsonl"
+    common = ["--data", str(data), "--base", str(tiny_base_dir), "--val-fraction", "0.3",
+              "--max-new-tokens", "4", "--save-loops", str(loops)]  # fmt: skip
+    assert decline_probe.main([*common, "--split", "train", "--points", "base"]) == 2
+    assert "`points`" in capsys.readouterr().err and not loops.exists()
+    assert decline_probe.main([*common, "--points", "base;base"]) == 2
+    assert "`save_loops`" in capsys.readouterr().err and not loops.exists()
+    monkeypatch.setattr(refusal, "is_refusal", lambda reply: True)
+    calls = iter(range(10**6))  # per pair: the first reply is clean, the later one loops
+    monkeypatch.setattr(text, "is_collapsed", lambda reply: next(calls) % 2 == 1)
+    argv = [*common, "--split", "train", "--points", "base;base"]
+    assert decline_probe.main(argv) == 0
+    train, _, _ = prepare_pairs(DPOJobConfig(val_fraction=0.3, seed=0), "probe", [str(data)])
+    mined = [json.loads(line) for line in loops.read_text().splitlines()]
+    assert [m["prompt"] for m in mined] == [p.messages for p in train]
+    manifest = json.loads((tmp_path / "loops.manifest.json").read_text())
+    assert manifest["rows"] == len(train) and "--save-loops" in manifest["command"]
+    assert "wrote" in capsys.readouterr().out
