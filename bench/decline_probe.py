@@ -151,9 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             row["likelihood"] = summarize(scored)
             print(f"{label}: {describe(row['likelihood'])}")
         rows.append(row)
-    first = rows[0]["weights"]  # the setting mined: its vectors' hashes go in the manifest
+    first = rows[0]["weights"]  # the setting mined (with --save-loops the later ones too)
+    mined = rows if args.save_loops else rows[:1]  # their vectors' hashes go in the manifest
     shas = (
-        {n: handle.vector_sha256(n) for n in first}
+        {n: handle.vector_sha256(n) for r in mined for n in r["weights"]}
         if args.save_declined or args.save_anchor or args.save_loops
         else {}
     )
@@ -169,7 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {n_saved} anchor rows to {args.save_anchor} (and its .manifest.json)")
     if args.save_loops:
         n_saved = save_loops(pairs, rows, args.save_loops)
-        shas = {n: handle.vector_sha256(n) for r in rows for n in r["weights"]}
         write_manifest(
             args, argv, kinds, len(pairs), first, n_saved, shas, args.save_loops, dropped
         )
@@ -240,11 +240,15 @@ def save_declined(
     with _open_text(Path(data)) as f:
         lines = [line.rstrip("\n") for line in f]  # numbered as the loader numbers them
     kept = [lines[n - 1] for n in sorted(wanted)]
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out).with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(out)
+    write_lines(out, kept)
     return len(kept)
+
+
+def write_lines(out: str, lines: Sequence[str]) -> None:
+    """Write JSONL lines to ``out`` atomically: a stopped run never leaves half a file."""
+    from prefvec.fileio import atomic_write_bytes
+
+    atomic_write_bytes(out, "".join(line + "\n" for line in lines).encode())
 
 
 def drop_close_to_heldout(pairs: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
@@ -280,10 +284,7 @@ def save_anchor(pairs: Sequence[Any], point: dict[str, Any], kind: str, out: str
         for p, r in zip(pairs, point["replies"], strict=True)
         if r["declined"]
     ]  # fmt: skip
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out).with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(out)
+    write_lines(out, [json.dumps(row) for row in rows])
     return len(rows)
 
 
@@ -313,10 +314,7 @@ def save_loops(pairs: Sequence[Any], points: Sequence[dict[str, Any]], out: str)
                             "rejected": f"greedy reply at {point_label(looped['weights'])}, "
                                         "looping (decline probe)"}}
         )  # fmt: skip
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out).with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(out)
+    write_lines(out, [json.dumps(row) for row in rows])
     return len(rows)
 
 

@@ -14,6 +14,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def _write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
 def test_probe_counts_declines_on_the_jobs_validation_prompts(
     tiny_base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -27,8 +32,7 @@ def test_probe_counts_declines_on_the_jobs_validation_prompts(
          "kind": "benign_risky" if i % 2 else "harmful"}
         for i in range(40)
     ]  # fmt: skip
-    data = tmp_path / "d.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = _write_rows(tmp_path / "d.jsonl", rows)
     out = tmp_path / "probe.json"
     argv = ["--data", str(data), "--kinds", "benign_risky", "--base", str(tiny_base_dir),
             "--points", "base", "--val-fraction", "0.3", "--max-new-tokens", "4",
@@ -93,8 +97,7 @@ def test_probe_mines_the_training_split_only(
 
     rows = [{"prompt": f"request number {i}", "chosen": "Sure.", "rejected": "I can't.",
              "kind": "benign_risky"} for i in range(20)]  # fmt: skip
-    data = tmp_path / "d.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = _write_rows(tmp_path / "d.jsonl", rows)
     mined = tmp_path / "mined.jsonl"
     common = ["--data", str(data), "--base", str(tiny_base_dir), "--points", "base",
               "--val-fraction", "0.3", "--max-new-tokens", "2"]  # fmt: skip
@@ -274,8 +277,7 @@ def test_save_loops_from_the_command_line(
 
     rows = [{"prompt": f"bad request number {i}", "chosen": "No.", "rejected": "Sure.",
              "kind": "harmful"} for i in range(20)]  # fmt: skip
-    data = tmp_path / "d.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = _write_rows(tmp_path / "d.jsonl", rows)
     loops = tmp_path / "loops.jsonl"
     common = ["--data", str(data), "--base", str(tiny_base_dir), "--val-fraction", "0.3",
               "--max-new-tokens", "4", "--save-loops", str(loops)]  # fmt: skip
